@@ -1,0 +1,286 @@
+"""Typed configs: dataclasses filled from YAML and ``key=value`` overrides, strictly.
+
+Rules, the same for every config in kdlab:
+- ``a.b=value`` sets a nested key; the value is read as a YAML scalar (``4``, ``0.1``, ``true``, ``[1, 2]``, ``null``).
+- A scalar given to a section sets its ``name``: ``model=resnet20`` is ``model.name=resnet20``.
+- Unknown keys and values of the wrong type are rejected with one line naming the key (a ConfigError).
+- A dataclass may declare ``__extra__ = "field"``: keys it does not know are collected into that ``dict`` field and
+  validated later by whoever knows their schema (a method's hyperparameters, a model's keyword arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, TypeVar, Union
+
+import yaml
+
+from kdlab.errors import ConfigError
+
+C = TypeVar("C")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Generic parsing
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """Read a command-line value as a YAML scalar or flow collection; fall back to the plain string."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def set_path(tree: dict, dotted: str, value: Any) -> None:
+    """Set ``tree[a][b] = value`` for ``dotted == "a.b"``, creating sections; a scalar section becomes ``{name: ...}``."""
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"malformed config key {dotted!r}")
+    node = tree
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        elif not isinstance(child, dict):
+            child = node[key] = {"name": child}
+        node = child
+    last = keys[-1]
+    if isinstance(node.get(last), dict) and not isinstance(value, dict):
+        node[last]["name"] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(tree: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings to a raw config tree (in place) and return it."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected key=value, got {item!r}")
+        set_path(tree, key.strip(), parse_value(text))
+    return tree
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0] if str(exc) else "parse error"
+        raise ConfigError(f"{path}: invalid YAML ({first})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted (int -> float, dict -> dataclass...)."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"config key {key!r}: expected one of {_type_name(tp)}, got {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, str):
+            value = {"name": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a section, got {value!r}")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (list, tuple):
+        (item_tp, *_) = typing.get_args(tp) or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_tp is not Any:
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"config key {key!r}: expected a list, got {value!r}")
+        items = [_coerce(item_tp, v, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key {key!r}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+
+
+def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
+    """Build dataclass ``cls`` from a raw mapping, rejecting unknown keys and mistyped values."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    extra_name = getattr(cls, "__extra__", None)
+    kwargs: dict[str, Any] = {}
+    extra: dict[str, Any] = dict(data.get(extra_name) or {}) if extra_name else {}
+    for key, value in data.items():
+        if key == extra_name:
+            continue
+        if key not in fields:
+            if extra_name:
+                extra[key] = value
+                continue
+            allowed = ", ".join(n for n in fields if n != extra_name)
+            raise ConfigError(f"unknown config key {prefix + key!r}; allowed here: {allowed}")
+        kwargs[key] = _coerce(hints[key], value, prefix + key)
+    if extra_name:
+        kwargs[extra_name] = extra
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree as plain dicts/lists (YAML- and JSON-serializable)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> C:
+    """``base`` (raw dict) <- YAML file <- ``key=value`` overrides, then validated into ``cls``."""
+    tree: dict = _deep_merge(dict(base or {}), load_yaml(path) if path else {})
+    apply_overrides(tree, overrides or [])
+    return from_dict(cls, tree)
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for key, value in b.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        elif isinstance(out.get(key), dict) and not isinstance(value, (dict, type(None))):
+            out[key] = {**out[key], "name": value}
+        else:
+            out[key] = value
+    return out
+
+
+def dump_yaml(obj: Any, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(to_dict(obj), sort_keys=False))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The configs of a training run
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where its files are, how it is split and augmented."""
+
+    name: str = "fashion_mnist"
+    root: Optional[str] = None  # default: the dataset's own default path / environment variable
+    val_ratio: float = 0.1  # fraction of the training split held out for model selection
+    split_seed: int = 0  # the held-out split depends on this only, never on the training seed
+    batch_size: int = 128
+    eval_batch_size: int = 1024
+    augment: bool = True  # random crop (with padding) and, where the dataset allows, horizontal flip
+    crop_padding: int = 4  # pixels of zero padding before the random crop
+    flip: Optional[bool] = None  # None: the dataset's own default (True for natural images)
+    image_size: Optional[int] = None  # resize on the device to this square size (e.g. 224); None keeps native size
+    normalize: Literal["dataset", "imagenet"] = "dataset"  # per-channel statistics used to normalize inputs
+    train_subset: Optional[int] = None  # keep only the first N training images (quick trials, tests)
+    test_subset: Optional[int] = None  # keep only the first N test images
+    in_memory: Optional[bool] = None  # None: in memory when the split fits (small images), else a DataLoader
+    workers: int = 2  # DataLoader workers for on-disk (ImageFolder) data
+
+
+@dataclass
+class ModelConfig:
+    """An architecture from the model registry, optionally initialized from a local weights file."""
+
+    __extra__ = "kwargs"  # any other key is a keyword argument of the model's constructor
+
+    name: str = "resnet20"
+    pretrained: Optional[str] = None  # a local .safetensors / .pth state dict, or a kdlab checkpoint
+    kwargs: dict = field(default_factory=dict)
+
+
+@dataclass
+class MethodConfig:
+    """A distillation method (or ``ce``) and its hyperparameters; those are validated by the method itself."""
+
+    __extra__ = "params"
+
+    name: str = "ce"
+    params: dict = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1  # peak learning rate for the batch size in `dataset.batch_size`
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up from lr/100, counted in (possibly fractional) epochs
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: fractions of the run (< 1) or epochs
+    gamma: float = 0.1  # multistep decay factor
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines one training run (a teacher, a baseline or a distilled student)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    teacher: Optional[str] = None  # a kdlab checkpoint (model.safetensors) of the frozen teacher
+    epochs: int = 10
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware does it well
+    channels_last: bool = True
+    compile: bool = False  # torch.compile the objective (25-35 s to compile on this CPU; worth it on long runs)
+    out_dir: str = "runs"
+    name: Optional[str] = None  # run directory name under out_dir; default: <model>-<method>-<dataset>-s<seed>
+    progress: bool = True  # progress bar
+    eval_test_every_epoch: bool = True  # test metrics at every epoch (for curves); selection uses val only
