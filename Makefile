@@ -1,0 +1,39 @@
+# kdlab: `make demo` sets everything up (idempotently) and runs the default experiment; `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup data demo test bench clean
+
+setup: $(VENV)/.kdlab-installed data
+
+# torch is pinned first so that the package's own `torch>=2.2` is already satisfied by the local CPU build.
+$(VENV)/.kdlab-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+data:
+	@if [ -n "$$KDLAB_FASHION_MNIST" ] || [ -f "$(FMNIST_DIR)/train-images-idx3-ubyte.gz" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+		(apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)) >/dev/null; \
+	else \
+		echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist'," \
+		     "or put its four IDX .gz files in a folder and set KDLAB_FASHION_MNIST=that/folder"; exit 1; \
+	fi
+
+demo: setup
+	$(PY) -m kdlab train model=resnet20 dataset=fashion_mnist epochs=1 out_dir=runs/demo
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/kd_throughput.py
+
+clean:
+	rm -rf runs .pytest_cache

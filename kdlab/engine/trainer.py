@@ -1,0 +1,196 @@
+"""One training loop for every objective.
+
+The objective is any module whose ``forward(images, labels, teacher_logits=None)`` returns ``{"logits": ...,
+"loss_<part>": ...}`` and which offers ``students()``, ``extra_modules()``, ``trainable_parameters()``,
+``trainable_state_dict()`` / ``load_trainable_state_dict()`` and ``on_epoch_start()`` (see
+``kdlab.methods.base.Method``). The loop sums the ``loss_*`` parts and logs each; it has no per-method branch.
+
+Resumption is exact: the data order and augmentation are a pure function of (seed, epoch) (see ``kdlab.data``), and
+the checkpoint written at every epoch end holds the weights, optimizer, scheduler, RNG states and the history.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.config import OptimConfig
+from kdlab.engine.device import autocast
+from kdlab.engine.evaluate import evaluate
+from kdlab.engine.optim import build_optimizer, build_scheduler
+from kdlab.engine.runio import RunIO
+
+# (epoch, batch_index, images) -> teacher logits for exactly this view, or None to let the objective run the teacher
+TeacherLogits = Callable[[int, int, Tensor], Optional[Tensor]]
+
+
+@dataclass
+class EngineOptions:
+    epochs: int
+    optim: OptimConfig
+    device: torch.device
+    bf16: bool = False
+    channels_last: bool = True
+    compile: bool = False
+    eval_test_every_epoch: bool = True
+    model_meta: dict = field(default_factory=dict)  # JSON metadata stored in every saved weights file
+
+
+class Trainer:
+    def __init__(self, objective: nn.Module, train_loader, eval_loaders: dict, options: EngineOptions, io: RunIO,
+                 teacher_logits: TeacherLogits | None = None) -> None:
+        self.objective = objective
+        self.train_loader = train_loader
+        self.eval_loaders = {k: v for k, v in eval_loaders.items() if v is not None and v.num_samples > 0}
+        self.opt = options
+        self.io = io
+        self.teacher_logits = teacher_logits
+        memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+        objective.to(device=options.device, memory_format=memory_format)
+        self.optimizer = build_optimizer(objective.trainable_parameters(), options.optim)
+        self.scheduler = build_scheduler(self.optimizer, options.optim, len(train_loader), options.epochs)
+        self.step_fn = torch.compile(objective) if options.compile else objective
+        self.history: list[dict] = []
+        self.best = {"val_top1": float("-inf"), "epoch": 0}
+
+    # -- public -------------------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train (resuming from the last checkpoint if there is one) and return the final flat result dict."""
+        start_epoch = self._restore()
+        if start_epoch:
+            self.io.log(f"resuming {self.io.run_dir} after epoch {start_epoch}/{self.opt.epochs}")
+        for epoch in range(start_epoch, self.opt.epochs):
+            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(self._train_epoch(epoch))
+            row.update(self._evaluate(final=epoch + 1 == self.opt.epochs))
+            self._select(row)
+            self.history.append(row)
+            self.io.write_history(self.history)
+            self._checkpoint(epoch + 1)
+            self.io.log(self._summary(row))
+        return self._finish()
+
+    # -- one epoch ----------------------------------------------------------------------------------------------------
+    def _train_epoch(self, epoch: int) -> dict:
+        objective, device = self.objective, self.opt.device
+        objective.on_epoch_start(epoch, self.opt.epochs)
+        objective.train()
+        self.train_loader.set_epoch(epoch)
+        sums: dict[str, Tensor] = {}
+        correct = torch.zeros((), device=device)
+        seen = 0
+        start = time.perf_counter()
+        bar = self.io.progress(self.train_loader, len(self.train_loader), f"epoch {epoch + 1}/{self.opt.epochs}")
+        for index, (images, labels) in enumerate(bar):
+            if self.opt.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            given = self.teacher_logits(epoch, index, images) if self.teacher_logits else None
+            with autocast(device, self.opt.bf16):
+                out = self.step_fn(images, labels, teacher_logits=given)
+            parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
+            loss = torch.stack(list(parts.values())).sum()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.opt.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(self.objective.trainable_parameters(), self.opt.optim.grad_clip)
+            self.optimizer.step()
+            self.scheduler.step()
+            for name, value in {"loss": loss, **parts}.items():
+                sums[name] = sums.get(name, 0) + value.detach() * len(labels)
+            correct += out["logits"].detach().argmax(1).eq(labels).sum()
+            seen += len(labels)
+            if index % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        elapsed = time.perf_counter() - start
+        row = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
+        row.update(train_top1=100.0 * correct.item() / max(seen, 1), train_img_s=seen / max(elapsed, 1e-9),
+                   train_time_s=elapsed)
+        return row
+
+    def _evaluate(self, final: bool) -> dict:
+        row: dict = {}
+        for split, loader in self.eval_loaders.items():
+            if split == "test" and not (self.opt.eval_test_every_epoch or final):
+                continue
+            for name, model in self.objective.students().items():
+                metrics = evaluate(model, loader, self.opt.device, self.opt.bf16, self.opt.channels_last)
+                prefix = "" if name == "student" else f"{name}/"
+                row.update({f"{prefix}{split}_{k}": v for k, v in metrics.items() if k != "n"})
+        return row
+
+    def _select(self, row: dict) -> None:
+        """Model selection on the validation split only (never the test split); keeps the selected weights."""
+        if "val_top1" not in row or row["val_top1"] <= self.best["val_top1"]:
+            return
+        self.best = {"val_top1": row["val_top1"], "epoch": row["epoch"]}
+        self.io.save_weights("best.safetensors", self._student_state("student"),
+                             {**self.opt.model_meta, "epoch": row["epoch"], "selected_by": "val_top1"})
+
+    # -- checkpoints --------------------------------------------------------------------------------------------------
+    def _checkpoint(self, epochs_done: int) -> None:
+        state = {
+            "epoch": epochs_done,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "history": self.history,
+            "best": self.best,
+        }
+        self.io.save_checkpoint(epochs_done, self.objective.trainable_state_dict(), state,
+                                {**self.opt.model_meta, "epoch": epochs_done})
+
+    def _restore(self) -> int:
+        found = self.io.load_checkpoint()
+        if found is None:
+            return 0
+        weights, state = found
+        self.objective.load_trainable_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if state["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.history = list(state["history"])
+        self.best = dict(state["best"])
+        self.io.write_history(self.history)  # drop rows of an epoch that ran past the checkpoint
+        return int(state["epoch"])
+
+    def _student_state(self, name: str) -> dict[str, Tensor]:
+        return self.objective.students()[name].state_dict()
+
+    # -- end of training ----------------------------------------------------------------------------------------------
+    def _finish(self) -> dict:
+        for name in self.objective.students():
+            filename = "model.safetensors" if name == "student" else f"{name}.safetensors"
+            self.io.save_weights(filename, self._student_state(name), {**self.opt.model_meta, "epoch": self.opt.epochs})
+        last = self.history[-1] if self.history else {}
+        selected = next((r for r in self.history if r["epoch"] == self.best["epoch"]), last)
+        result = {k: v for k, v in last.items() if not k.startswith("train_") and k not in ("lr", "epoch")}
+        result.update(
+            epochs=self.opt.epochs,
+            run_dir=str(self.io.run_dir),
+            selected_epoch=selected.get("epoch", 0),
+            selected_val_top1=selected.get("val_top1"),
+            selected_test_top1=selected.get("test_top1"),
+            selected_test_loss=selected.get("test_loss"),
+            train_img_s=_mean(r.get("train_img_s") for r in self.history),
+            train_time_s=sum(r.get("train_time_s", 0.0) for r in self.history),
+        )
+        return result
+
+    @staticmethod
+    def _summary(row: dict) -> str:
+        parts = [f"epoch {row['epoch']}", f"loss {row.get('train_loss', float('nan')):.4f}",
+                 f"{row.get('train_img_s', 0):.0f} img/s"]
+        parts += [f"{k} {row[k]:.2f}" for k in ("val_top1", "test_top1") if k in row]
+        return "  ".join(parts)
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
