@@ -89,15 +89,8 @@ class Trainer:
             if self.opt.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             given = self.teacher_logits(epoch, index, images) if self.teacher_logits else None
-            with autocast(device, self.opt.bf16):
-                out = self.step_fn(images, labels, teacher_logits=given)
-            parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
-            loss = torch.stack(list(parts.values())).sum()
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.opt.optim.grad_clip > 0:
-                nn.utils.clip_grad_norm_(self.objective.trainable_parameters(), self.opt.optim.grad_clip)
-            self.optimizer.step()
+            out, loss, parts = train_step(self.step_fn, self.optimizer, images, labels, given, self.opt,
+                                          self.objective.trainable_parameters)
             self.scheduler.step()
             for name, value in {"loss": loss, **parts}.items():
                 sums[name] = sums.get(name, 0) + value.detach() * len(labels)
@@ -189,6 +182,22 @@ class Trainer:
                  f"{row.get('train_img_s', 0):.0f} img/s"]
         parts += [f"{k} {row[k]:.2f}" for k in ("val_top1", "test_top1") if k in row]
         return "  ".join(parts)
+
+
+def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
+               teacher_logits: Tensor | None, opt: EngineOptions,
+               parameters: Callable[[], list] = list) -> tuple[dict, Tensor, dict]:
+    """One optimizer step on one batch: forward under autocast, sum of the ``loss_*`` parts, backward, clip, step."""
+    with autocast(opt.device, opt.bf16):
+        out = step_fn(images, labels, teacher_logits=teacher_logits)
+    parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
+    loss = torch.stack(list(parts.values())).sum()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if opt.optim.grad_clip > 0:
+        nn.utils.clip_grad_norm_(parameters(), opt.optim.grad_clip)
+    optimizer.step()
+    return out, loss, parts
 
 
 def _mean(values) -> float | None:
