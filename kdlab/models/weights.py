@@ -1,0 +1,242 @@
+"""Read, save and load pretrained weights safely: safetensors, or ``torch.load(weights_only=True)``, never plain pickle.
+
+``load_pretrained`` loads a torchvision-named state dict into a kdlab model and adapts what differs for a reason:
+
+* first conv, input channels (e.g. RGB weights into a 1-channel model): the filters are averaged over the input-channel
+  axis and scaled by the old/new channel ratio, i.e. for 1 channel summed (for a multiple of 3: tiled, divided by the
+  multiple). This keeps each filter's total weight, so a gray image gives the response its 3-channel replica gave,
+  and the next BatchNorm's running statistics still fit.
+* first conv, kernel size (7x7 ImageNet stem into the 3x3 ``small_input`` stem): the kernel is box-resampled to the
+  new size with area weights that keep each filter's sum (its response to a flat patch). A 32x32 image is roughly a
+  7x-shrunk 224 crop, so a shrunk kernel matches the old receptive content better than a crop of its centre.
+* classifier (the model's last ``nn.Linear``) with another number of classes: the checkpoint's classifier is skipped
+  and the model keeps its fresh one; the returned :class:`LoadReport` (and the log) names the skipped keys.
+
+Anything else that does not fit raises :class:`~kdlab.errors.CheckpointError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from kdlab.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_SUFFIXES = (".safetensors",)
+TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
+STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
+SHOWN_KEYS = 3
+
+
+@dataclass
+class LoadReport:
+    """What ``load_pretrained`` did: loaded keys, keys adapted, classifier keys skipped, keys left missing/unused."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:SHOWN_KEYS])
+    return shown + (", ..." if len(keys) > SHOWN_KEYS else "")
+
+
+def _unknown_format(path: Path) -> CheckpointError:
+    known = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
+    return CheckpointError(f"unknown weights format {path.suffix or '(no suffix)'!r} for {path}; use one of: {known}")
+
+
+def _load_raw(path: Path) -> object:
+    suffix = path.suffix.lower()
+    if suffix in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
+            raise CheckpointError(f"cannot read {path} as safetensors ({_first_line(exc)})") from None
+    if suffix in TORCH_SUFFIXES:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            # torch names the refused object "Unsupported global" (2.4+) or "Unsupported class" (older).
+            if not any(word in str(exc) for word in ("Unsupported global", "Unsupported class")):
+                raise CheckpointError(f"cannot read {path}: not a file torch.save wrote (corrupt or foreign)") from None
+            raise CheckpointError(
+                f"{path} holds Python objects besides tensors; refusing to unpickle it (weights_only=True), "
+                "re-save its state dict or convert it to .safetensors"
+            ) from None
+        except Exception as exc:
+            raise CheckpointError(f"cannot read {path} ({_first_line(exc)})") from None
+    raise _unknown_format(path)
+
+
+def _strip_prefixes(key: str) -> str:
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in STRIPPED_PREFIXES:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
+    """Read a state dict from ``.safetensors`` or a ``torch.save`` file, unwrapping training checkpoints.
+
+    Nesting under ``state_dict``/``model``/``model_state_dict`` is unwrapped and the ``module.`` (DDP) and
+    ``_orig_mod.`` (torch.compile) prefixes are stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    obj = _load_raw(path)
+    for _ in range(len(WRAPPER_KEYS) + 1):  # bounded: nesting is at most a couple of levels in practice
+        if not isinstance(obj, Mapping) or all(isinstance(v, Tensor) for v in obj.values()):
+            break
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, Mapping) or not obj:
+        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
+    other = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
+    if other:
+        raise CheckpointError(
+            f"{path} holds no state dict: entries {_few(other)} are not tensors and none of "
+            f"{', '.join(WRAPPER_KEYS)} wraps one"
+        )
+    return {_strip_prefixes(str(k)): v for k, v in obj.items()}
+
+
+def save_state_dict(state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
+    """Write a state dict (or a module's) as ``.safetensors`` or, for the torch suffixes, with ``torch.save``."""
+    path = Path(path)
+    tensors = state.state_dict() if isinstance(state, nn.Module) else dict(state)
+    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
+        from safetensors.torch import save_file
+
+        # safetensors refuses views and shared storage; detached contiguous copies are always accepted.
+        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
+    elif path.suffix.lower() in TORCH_SUFFIXES:
+        torch.save({k: v.detach().clone() for k, v in tensors.items()}, path)
+    else:
+        raise _unknown_format(path)
+
+
+def _area_matrix(n_out: int, n_in: int) -> Tensor:
+    """``R[i, j]`` = overlap of output cell ``i`` with input cell ``j`` on a common axis; each column sums to 1."""
+    scale = n_in / n_out
+    rows = []
+    for i in range(n_out):
+        lo, hi = i * scale, (i + 1) * scale
+        rows.append([max(0.0, min(j + 1.0, hi) - max(float(j), lo)) for j in range(n_in)])
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def adapt_first_conv(weight: Tensor, shape: torch.Size | tuple[int, ...]) -> Tensor | None:
+    """Adapt a conv weight ``(out, in, kh, kw)`` to ``shape`` keeping each filter's sum; ``None`` if impossible.
+
+    Input channels: for a multiple of the old count the filters are tiled and divided by the multiple; otherwise
+    each new channel gets the channel-sum divided by the new count (1 channel: the plain sum). Either way the sum over
+    input channels, hence the response to an image with equal channels, is unchanged.
+    Kernel size: area (box) resampling, whose weights sum to one per input cell, so filter sums are unchanged.
+    """
+    if weight.ndim != 4 or len(shape) != 4 or weight.shape[0] != shape[0]:
+        return None
+    w = weight.detach().to(torch.float64)
+    if tuple(w.shape[2:]) != tuple(shape[2:]):
+        rows, cols = _area_matrix(shape[2], w.shape[2]), _area_matrix(shape[3], w.shape[3])
+        w = torch.einsum("ik,ockl,jl->ocij", rows, w, cols)
+    in_old, in_new = w.shape[1], shape[1]
+    if in_new % in_old == 0:
+        # e.g. RGB -> two stacked RGB frames: keep the colour filters, split their weight over the copies.
+        w = w.repeat(1, in_new // in_old, 1, 1) / (in_new // in_old)
+    else:
+        # e.g. RGB -> gray: every new channel sees the channel-summed filter, shared out equally.
+        w = w.sum(dim=1, keepdim=True).repeat(1, in_new, 1, 1) / in_new
+    return w.to(weight.dtype)
+
+
+def _first_conv_name(model: nn.Module) -> str | None:
+    return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def _classifier_name(model: nn.Module) -> str | None:
+    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return names[-1] if names else None
+
+
+def _fit_to_model(
+    model: nn.Module, loaded: dict[str, Tensor], report: LoadReport
+) -> tuple[dict[str, Tensor], list[str]]:
+    """Adapt the first conv, drop a classifier of another shape; return what to load and the other shape mismatches."""
+    target = model.state_dict()
+    conv, head = _first_conv_name(model), _classifier_name(model)
+    conv_key = f"{conv}.weight" if conv is not None else None
+    head_keys = {f"{head}.weight", f"{head}.bias"} if head is not None else set()
+    fitted: dict[str, Tensor] = {}
+    wrong: list[str] = []
+    for key, value in loaded.items():
+        if key not in target or value.shape == target[key].shape:
+            fitted[key] = value
+        elif key == conv_key and (adapted := adapt_first_conv(value, target[key].shape)) is not None:
+            fitted[key] = adapted
+            report.adapted.append(f"{key} {list(value.shape)}->{list(adapted.shape)}")
+        elif key in head_keys:
+            report.skipped.append(key)
+        else:
+            wrong.append(f"{key} {list(value.shape)} vs model {list(target[key].shape)}")
+    return fitted, wrong
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> LoadReport:
+    """Load a weights file into ``model`` in place (see the module docstring for what is adapted).
+
+    ``strict``: missing or unexpected keys raise a one-line CheckpointError; with ``strict=False`` they are only
+    reported. A tensor of the wrong shape outside the first conv and the classifier always raises.
+    """
+    loaded = read_state_dict(path)
+    report = LoadReport()
+    fitted, wrong = _fit_to_model(model, loaded, report)
+    name = type(model).__name__
+    if wrong:
+        raise CheckpointError(f"{path} does not fit {name}: {len(wrong)} tensors have another shape: {_few(wrong)}")
+    target = model.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's step counter; the fresh zero is what it would be.
+    report.missing = [
+        k for k in target if k not in loaded and k not in report.skipped and not k.endswith("num_batches_tracked")
+    ]
+    report.unexpected = [k for k in loaded if k not in target]
+    if strict and (report.missing or report.unexpected):
+        raise CheckpointError(
+            f"{path} does not fit {name}: {len(report.missing)} missing keys ({_few(report.missing) or '-'}), "
+            f"{len(report.unexpected)} unexpected keys ({_few(report.unexpected) or '-'})"
+        )
+    model.load_state_dict({k: v for k, v in fitted.items() if k in target}, strict=False)
+    report.loaded = [k for k in fitted if k in target]
+    if report.adapted:
+        log.info("adapted first conv from %s: %s", path, "; ".join(report.adapted))
+    if report.skipped:
+        log.info("kept the fresh classifier (checkpoint's has another shape): skipped %s", ", ".join(report.skipped))
+    if report.missing or report.unexpected:
+        log.warning("%s: %d missing, %d unexpected keys", path, len(report.missing), len(report.unexpected))
+    return report
