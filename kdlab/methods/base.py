@@ -11,6 +11,8 @@ knows nothing else about the method.
   modules that train with them but are thrown away afterwards (adapters, auxiliary heads).
 - ``teacher_features()`` declares what the method reads from the teacher: ``[]`` means logits only, so precomputed
   teacher logits (``teacher_logits=``) can replace the teacher's forward pass.
+- ``prepare(example_images)`` is called once before the optimizer is built: methods whose adapters depend on feature
+  shapes create them there (one dry-run forward pass), so every trainable parameter exists from the first step.
 """
 
 from __future__ import annotations
@@ -83,6 +85,13 @@ class Method(nn.Module):
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         """Called by the engine before each epoch (0-based); for schedules inside a method (e.g. loss warm-up)."""
+
+    def prepare(self, example_images: Tensor) -> None:
+        """Create the modules whose shapes depend on the models' feature maps (adapters, heads).
+
+        Called once by the runner with a batch of training images (already on the device), after the method is moved
+        to the device and before the optimizer is built or a checkpoint is loaded. A no-op for logits-only methods.
+        """
 
     # -- helpers for subclasses ---------------------------------------------------------------------------------------
     @torch.no_grad()

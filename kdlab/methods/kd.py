@@ -1,0 +1,53 @@
+"""``kd``: knowledge distillation (Hinton, Vinyals & Dean 2015, "Distilling the Knowledge in a Neural Network").
+
+    L = (1 − alpha) · CE(y, softmax(z_s)) + alpha · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))
+
+KL is summed over classes and averaged over the batch (``reduction="batchmean"``); T² keeps the soft term's gradients
+on the scale of the hard term's as T grows. Defaults T = 4, alpha = 0.9: the CRD/RepDistiller/mdistiller CIFAR
+protocol (0.1·CE + 0.9·KD). Here ``alpha`` weights the SOFT (teacher) term; beware, some code bases use the opposite
+convention (alpha on the hard term).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlab.methods.base import BaseParams
+from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.registry import METHODS
+
+
+def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
+    """T² · KL(softmax(z_t/T) ‖ softmax(z_s/T)), summed over classes, averaged over the batch; computed in fp32."""
+    log_p_s = F.log_softmax(student_logits.float() / T, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.float() / T, dim=1)
+    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True) * (T * T)
+
+
+@dataclass
+class KDParams(BaseParams):
+    T: float = 4.0  # softmax temperature of both teacher and student
+    alpha: float = 0.9  # weight of the soft (teacher) term; the hard CE gets 1 − alpha
+
+
+@METHODS.register("kd")
+class KD(Distiller):
+    Params = KDParams
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: KDParams | None = None) -> None:
+        super().__init__(student, teacher, params)
+        p = self.params
+        check_param(p.T > 0, "T", f"must be > 0, got {p.T}")
+        check_param(0.0 <= p.alpha <= 1.0, "alpha", f"must be in [0, 1], got {p.alpha}")
+
+    def reads_teacher_logits(self) -> bool:
+        return True
+
+    def ce_weight(self) -> float:
+        return 1.0 - self.params.alpha
+
+    def losses(self, ctx: Context) -> dict[str, Tensor]:
+        return {"loss_kd": self.params.alpha * kd_loss(ctx.logits, ctx.teacher_logits, self.params.T)}
