@@ -12,13 +12,14 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import Callable
 
 import torch
 import yaml
 
 import kdlab
 from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
-from kdlab.data import load_splits, make_loader
+from kdlab.data import Splits, load_splits, make_loader
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.runio import RunIO
@@ -87,8 +88,14 @@ def load_teacher(path: str, info, device: torch.device) -> torch.nn.Module:
     return teacher
 
 
-def run(cfg: TrainConfig, teacher_logits: TeacherLogits | None = None, io_rank: int = 0) -> dict:
-    """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict."""
+def run(cfg: TrainConfig, splits: Splits | None = None,
+        teacher_cache: Callable[[str], TeacherLogits] | None = None, io_rank: int = 0) -> dict:
+    """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict.
+
+    ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
+    stream's key, returns a provider of the teacher's logits for each batch (shared by all methods of a seed); used
+    only when the method reads nothing but the teacher's logits.
+    """
     run_dir = run_dir_for(cfg)
     finished = check_run_dir(run_dir, cfg)
     if finished is not None:
@@ -96,7 +103,7 @@ def run(cfg: TrainConfig, teacher_logits: TeacherLogits | None = None, io_rank: 
     device = resolve_device(cfg.device)
     bf16 = use_bf16(cfg.precision, device)
     seed_everything(cfg.seed)
-    splits = load_splits(cfg.dataset)
+    splits = splits if splits is not None else load_splits(cfg.dataset)
     student = build_student(cfg, splits.info)
     teacher = load_teacher(cfg.teacher, splits.info, device) if cfg.teacher else None
     objective = build_method(cfg.method.name, cfg.method.params, student, teacher)
@@ -104,6 +111,9 @@ def run(cfg: TrainConfig, teacher_logits: TeacherLogits | None = None, io_rank: 
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
     _prepare(objective, train_loader, device)
+    provider = None
+    if teacher_cache is not None and teacher is not None and not objective.teacher_features():
+        provider = teacher_cache(train_loader.stream_key)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     io.write_json("meta.json", {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
                                 "bf16": bf16})
@@ -115,7 +125,9 @@ def run(cfg: TrainConfig, teacher_logits: TeacherLogits | None = None, io_rank: 
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
            f"{' bf16' if bf16 else ''}")
-    result = Trainer(objective, train_loader, eval_loaders, options, io, teacher_logits=teacher_logits).fit()
+    result = Trainer(objective, train_loader, eval_loaders, options, io, teacher_logits=provider).fit()
+    if provider is not None:
+        provider.flush()
     io.write_json("result.json", result)
     return result
 

@@ -1,0 +1,163 @@
+"""``kdlab run``: execute an experiment's plan with train-or-load runs, then write the report.
+
+A finished run is loaded, an interrupted one resumes from its last checkpoint, so ``kdlab run`` again after a crash
+or Ctrl-C picks up where it stopped. A lock file keeps two invocations from working in one experiment directory.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+import yaml
+
+from kdlab.config import to_dict
+from kdlab.data import load_splits
+from kdlab.engine import checkpoint as ckpt
+from kdlab.engine.device import resolve_device, use_bf16
+from kdlab.errors import KdlabError
+from kdlab.runner import single
+from kdlab.runner.checkpoints import load_model
+from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
+from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def experiment_lock(directory: Path) -> Iterator[None]:
+    """An exclusive, non-blocking lock on the experiment directory (released by the OS if the process dies)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = open(directory / ".lock", "w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise KdlabError(f"another kdlab process is running the experiment in {directory}; wait for it to finish")
+    try:
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
+class Experiment:
+    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = _stderr) -> None:
+        validate(exp)
+        self.exp = exp
+        self.dir = exp.directory
+        self.log = log
+        self.stats = CacheStats()
+        self.epoch_seconds: dict[str, float] = {}  # measured seconds per epoch, by model label and role
+        self._caches: list[TeacherLogitCache] = []  # this seed's caches, discarded when its last run is done
+
+    def run(self) -> dict:
+        with experiment_lock(self.dir):
+            splits = load_splits(self.exp.dataset)
+            plan = expand(self.exp, splits.fingerprint)
+            self._write_manifest(plan)
+            started = time.perf_counter()
+            for number, spec in enumerate(plan, 1):
+                self._run_one(number, plan, spec, splits)
+                if self._last_of_seed(plan, number) and not self.exp.keep_teacher_cache:
+                    self._discard_caches()
+            summary = {"runs": len(plan), "wall_time_s": time.perf_counter() - started,
+                       "teacher_cache": self.stats.as_dict()}
+            ckpt.write_json(self.dir / "summary.json", summary)
+            self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
+                     f"{self.stats.reused_batches} saved by sharing teacher outputs")
+            return summary
+
+    # -- one run ------------------------------------------------------------------------------------------------------
+    def _run_one(self, number: int, plan: list[RunSpec], spec: RunSpec, splits) -> None:
+        head = f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {_describe(spec)}"
+        if spec.given_checkpoint:
+            self.log(f"{head}: given checkpoint {spec.given_checkpoint}")
+            return
+        state = _state(spec)
+        if state == "done":
+            self.log(f"{head}: done")
+            return
+        eta = self._eta(plan[number - 1:])
+        self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
+        opened: list[TeacherLogitCache] = []
+        start = time.perf_counter()
+        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened))
+        elapsed = time.perf_counter() - start
+        for cache in opened:
+            self.stats.add(cache.stats)
+        self._caches.extend(opened)
+        done_epochs = spec.cfg.epochs - (_epochs_done(spec) if state.startswith("resum") else 0)
+        self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, done_epochs or spec.cfg.epochs)
+
+    def _cache_factory(self, spec: RunSpec, opened: list) -> Callable[[str], TeacherLogitCache] | None:
+        """A factory the single run calls with its data stream key when its method needs teacher logits only."""
+        if spec.teacher_run is None or not self.exp.share_teacher_outputs:
+            return None
+        exp, teacher_run = self.exp, spec.teacher_run
+
+        def factory(stream_key: str) -> TeacherLogitCache:
+            device = resolve_device(exp.device)
+            teacher, _ = load_model(teacher_run.checkpoint, device)
+            directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{stream_key}"
+            cache = TeacherLogitCache(directory, teacher, device, use_bf16(exp.precision, device), exp.channels_last)
+            opened.append(cache)
+            return cache
+
+        return factory
+
+    def _discard_caches(self) -> None:
+        for cache in self._caches:
+            cache.discard()
+        self._caches = []
+
+    @staticmethod
+    def _last_of_seed(plan: list[RunSpec], number: int) -> bool:
+        return number == len(plan) or plan[number].seed != plan[number - 1].seed
+
+    def _eta(self, remaining: list[RunSpec]) -> float:
+        """Seconds left, from measured seconds per epoch of the same model and role (students: any method)."""
+        if not self.epoch_seconds:
+            return 0.0
+        fallback = sum(self.epoch_seconds.values()) / len(self.epoch_seconds)
+        return sum(self.epoch_seconds.get(_speed_key(s), fallback) * (s.cfg.epochs - _epochs_done(s))
+                   for s in remaining if _state(s) != "done" and not s.given_checkpoint)
+
+    def _write_manifest(self, plan: list[RunSpec]) -> None:
+        ckpt.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
+        manifest = {"name": self.exp.name, "dataset": to_dict(self.exp.dataset), "seeds": list(self.exp.seeds),
+                    "runs": [spec.manifest_row(self.dir) for spec in plan]}
+        ckpt.write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def _describe(spec: RunSpec) -> str:
+    if spec.role == "teacher":
+        return f"teacher {spec.student}"
+    source = f" <- {spec.teacher}" if spec.teacher else ""
+    return f"{spec.role} {spec.student} {spec.method}{source} seed {spec.seed}"
+
+
+def _speed_key(spec: RunSpec) -> str:
+    return f"{spec.role == 'teacher'}:{spec.student}:{spec.method if spec.method in ('dml', 'byot') else ''}"
+
+
+def _epochs_done(spec: RunSpec) -> int:
+    pointer = spec.run_dir / "checkpoints" / "latest.json"
+    return int(json.loads(pointer.read_text())["epoch"]) if pointer.is_file() else 0
+
+
+def _state(spec: RunSpec) -> str:
+    if (spec.run_dir / "result.json").is_file():
+        return "done"
+    done = _epochs_done(spec)
+    return f"resuming after epoch {done}/{spec.cfg.epochs}" if done else "training"

@@ -1,0 +1,218 @@
+"""Experiment files and the plan of runs they expand to.
+
+An experiment names a dataset, teachers, students, methods, seeds and the teacher's and students' schedules::
+
+    name: fmnist-demo
+    dataset: {name: fashion_mnist}
+    seeds: [0, 1, 2]
+    teachers: [{name: resnet20}]
+    students: [{name: cnn_small}, {name: resnet18, label: resnet18-pretrained, pretrained: r18.safetensors}]
+    methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot]
+    teacher_schedule: {epochs: 10, optim: {lr: 0.1}}
+    student_schedule: {epochs: 5}
+
+It expands to one teacher run per teacher (trained once, with ``teacher_seed``), one baseline (``ce``) per student
+and seed, and one run per teacher x student x method x seed (methods without a teacher, such as ``dml`` and
+``byot``, run once per student and seed). Each run is keyed by a hash of everything that determines its result: its
+resolved config (minus where it is written and how it is displayed), its teacher's key and the data fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal, Optional
+
+from kdlab.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, from_dict, to_dict
+from kdlab.errors import ConfigError
+
+
+@dataclass
+class Schedule:
+    epochs: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: Optional[int] = None  # overrides dataset.batch_size for these runs
+
+
+@dataclass
+class ModelEntry:
+    """A teacher or student: a registry model, optionally pretrained, with a display label."""
+
+    __extra__ = "kwargs"
+
+    name: str = "resnet20"
+    label: Optional[str] = None  # default: the model name (labels must be unique)
+    pretrained: Optional[str] = None  # initialization from a local weights file ("pretrained vs scratch")
+    checkpoint: Optional[str] = None  # teachers only: an already trained kdlab checkpoint, used as is
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class MethodEntry:
+    __extra__ = "params"
+
+    name: str = "kd"
+    label: Optional[str] = None  # default: the method name; use labels to compare settings of one method
+    params: dict = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    out_dir: str = "experiments"  # the experiment lives in out_dir/name
+    dataset: DataConfig = field(default_factory=DataConfig)
+    teachers: list[ModelEntry] = field(default_factory=list)
+    students: list[ModelEntry] = field(default_factory=list)
+    methods: list[MethodEntry] = field(default_factory=list)  # the ce baseline is always added
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    teacher_seed: int = 0
+    teacher_schedule: Schedule = field(default_factory=Schedule)
+    student_schedule: Schedule = field(default_factory=Schedule)
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+    share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
+    keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+@dataclass
+class RunSpec:
+    """One run of the plan."""
+
+    role: Literal["teacher", "baseline", "student"]
+    student: str  # label of this run's model (the teacher's label for a teacher run)
+    method: str  # method label ("ce" for teachers and baselines)
+    seed: int
+    cfg: TrainConfig
+    key: str = ""
+    teacher: Optional[str] = None  # label of the teacher distilled from
+    teacher_run: Optional["RunSpec"] = None
+    given_checkpoint: Optional[str] = None  # a teacher supplied as a finished checkpoint
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.out_dir) / str(self.cfg.name)
+
+    @property
+    def checkpoint(self) -> str:
+        return self.given_checkpoint or str(self.run_dir / "model.safetensors")
+
+    def manifest_row(self, exp_dir: Path) -> dict:
+        return {"key": self.key, "role": self.role, "teacher": self.teacher, "student": self.student,
+                "method": self.method, "seed": self.seed, "model": self.cfg.model.name,
+                "run_dir": str(self.run_dir.relative_to(exp_dir)) if not self.given_checkpoint else None,
+                "checkpoint": self.given_checkpoint}
+
+
+def _check_labels(entries: list, what: str) -> None:
+    labels = [e.display for e in entries]
+    dupes = sorted({x for x in labels if labels.count(x) > 1})
+    if dupes:
+        raise ConfigError(f"{what}: label {dupes[0]!r} is used twice; give each entry a distinct label")
+
+
+def validate(exp: ExperimentConfig) -> None:
+    """Names, hyperparameters and labels, checked before any data is read."""
+    from kdlab.cli import validate_train_config
+
+    if not exp.students:
+        raise ConfigError("experiment: 'students' is empty")
+    for what in ("teachers", "students", "methods"):
+        _check_labels(getattr(exp, what), what)
+    if not exp.seeds:
+        raise ConfigError("experiment: 'seeds' is empty")
+    for spec in expand(exp, data_fingerprint="validate"):
+        validate_train_config(spec.cfg)
+    if not exp.teachers:
+        needy = [m.display for m in exp.methods if _needs_teacher(m.name)]
+        if needy:
+            raise ConfigError(f"method {needy[0]!r} needs a teacher; the experiment lists none under 'teachers'")
+
+
+def _needs_teacher(method: str) -> bool:
+    from kdlab.methods import METHODS
+
+    return any(METHODS.get(part).needs_teacher for part in method.split("+"))
+
+
+def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, method: MethodEntry | None,
+                  seed: int) -> TrainConfig:
+    dataset = replace(exp.dataset, batch_size=schedule.batch_size or exp.dataset.batch_size)
+    return TrainConfig(
+        model=ModelConfig(name=model.name, pretrained=model.pretrained, kwargs=dict(model.kwargs)),
+        dataset=dataset, optim=schedule.optim,
+        method=MethodConfig(name=method.name, params=dict(method.params)) if method else MethodConfig(),
+        epochs=schedule.epochs, seed=seed, device=exp.device, precision=exp.precision,
+        channels_last=exp.channels_last, compile=exp.compile, out_dir=str(exp.directory / "runs"),
+        progress=exp.progress)
+
+
+def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str) -> str:
+    """Hash of what determines a run's result: not where it is written, how it is shown, or which device runs it."""
+    payload = to_dict(cfg)
+    for volatile in ("out_dir", "name", "progress", "device", "teacher"):
+        payload.pop(volatile)
+    blob = json.dumps({"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
+    teacher_key = spec.teacher_run.key if spec.teacher_run else None
+    spec.key = run_key(spec.cfg, teacher_key, data_fingerprint)
+    parts = [spec.role, spec.student, spec.method] + ([f"from-{spec.teacher}"] if spec.teacher else [])
+    safe = "-".join(parts).replace("/", "_").replace(":", "_").replace("+", "_")
+    spec.cfg.name = f"{safe}-s{spec.seed}-{spec.key[:8]}"
+    if spec.teacher_run is not None:
+        spec.cfg.teacher = spec.teacher_run.checkpoint
+    return spec
+
+
+def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) -> RunSpec:
+    cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
+    spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=entry.checkpoint)
+    if entry.checkpoint:
+        path = Path(entry.checkpoint)
+        if not path.is_file() and fingerprint != "validate":
+            raise ConfigError(f"teacher {entry.display!r}: checkpoint not found: {path}")
+        spec.key = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "given"
+        return spec
+    return _keyed(spec, fingerprint)
+
+
+def expand(exp: ExperimentConfig, data_fingerprint: str) -> list[RunSpec]:
+    """All runs, in the order they should run: teachers, then per seed the baselines and the distilled students."""
+    teachers = [_teacher_spec(exp, t, data_fingerprint) for t in exp.teachers]
+    plan = list(teachers)
+    methods = [m for m in exp.methods if m.name != "ce"]
+    for seed in exp.seeds:
+        for student in exp.students:
+            base = _train_config(exp, student, exp.student_schedule, None, seed)
+            plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint))
+            for method in methods:
+                sources = teachers if _needs_teacher(method.name) else [None]
+                for teacher in sources:
+                    cfg = _train_config(exp, student, exp.student_schedule, method, seed)
+                    spec = RunSpec("student", student.display, method.display, seed, cfg,
+                                   teacher=teacher.student if teacher else None, teacher_run=teacher)
+                    plan.append(_keyed(spec, data_fingerprint))
+    return plan
+
+
+def load_experiment(tree: dict) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, tree)

@@ -1,0 +1,108 @@
+"""Experiment files, the plan of keyed runs, train-or-load, the lock and the shared teacher outputs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fixtures_data import make_fashion_mnist
+from kdlab.cli import main
+from kdlab.errors import ConfigError, KdlabError
+from kdlab.runner.experiment import Experiment, experiment_lock
+from kdlab.runner.lab_cli import default_experiment_path, load_experiment_file
+from kdlab.runner.plan import expand, validate
+
+SHIPPED = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")) + [default_experiment_path()]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_experiment_file_is_valid(path):
+    exp = load_experiment_file(str(path), [])
+    validate(exp)
+    plan = expand(exp, data_fingerprint="x")
+    roles = {spec.role for spec in plan}
+    assert {"baseline", "student"} <= roles
+    assert len({spec.cfg.name for spec in plan}) == len(plan), "run directories must be distinct"
+
+
+def test_default_experiment_covers_the_methods_users_compare():
+    exp = load_experiment_file(None, [])
+    assert exp.dataset.name == "fashion_mnist" and len(exp.seeds) >= 3 and exp.teachers
+    assert {"kd", "fitnets", "at", "dml", "byot"} <= {m.name for m in exp.methods}
+
+
+def test_bad_experiment_files_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="'students' is empty"):
+        validate(load_experiment_file(str(default_experiment_path()), ["students=[]"]))
+    with pytest.raises(ConfigError, match="unknown method 'kdd'"):
+        validate(load_experiment_file(str(default_experiment_path()), ["methods=[kdd]"]))
+    with pytest.raises(ConfigError, match="needs a teacher"):
+        validate(load_experiment_file(str(default_experiment_path()), ["teachers=[]", "methods=[kd]"]))
+    with pytest.raises(ConfigError, match="teacher_schedule.epochs"):
+        load_experiment_file(str(default_experiment_path()), ["teacher_schedule.epochs=many"])
+
+
+def test_keys_depend_on_what_determines_the_result():
+    exp = load_experiment_file(None, [])
+    a = {s.cfg.name: s.key for s in expand(exp, "data1")}
+    b = {s.cfg.name: s.key for s in expand(load_experiment_file(None, ["progress=false", "device=cpu"]), "data1")}
+    assert a == b
+    changed = expand(load_experiment_file(None, ["teacher_schedule.epochs=99"]), "data1")
+    assert all(s.key not in a.values() for s in changed if s.teacher_run or s.role == "teacher")
+    assert {s.key for s in changed if s.role == "baseline"} <= set(a.values())
+    assert not set(a.values()) & {s.key for s in expand(exp, "data2")}
+
+
+TINY = """
+name: tiny
+out_dir: {out}
+dataset: {{name: fashion_mnist, root: {root}, batch_size: 32, val_ratio: 0.2}}
+seeds: [0, 1]
+teachers: [{{name: cnn_small}}]
+students: [{{name: cnn_tiny}}]
+methods: [kd, {{name: kd, label: kd-T2, T: 2}}, fitnets, dml]
+teacher_schedule: {{epochs: 1}}
+student_schedule: {{epochs: 1}}
+device: cpu
+progress: false
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory):
+    base = tmp_path_factory.mktemp("exp")
+    make_fashion_mnist(base / "data", n_train=200, n_test=50)
+    path = base / "tiny.yaml"
+    path.write_text(TINY.format(out=base / "out", root=base / "data"))
+    assert main(["run", str(path)]) == 0
+    return base, path
+
+
+def test_tiny_experiment_runs_reports_and_shares_teacher_outputs(tiny_experiment, capsys):
+    base, path = tiny_experiment
+    exp_dir = base / "out" / "tiny"
+    manifest = json.loads((exp_dir / "manifest.json").read_text())
+    assert len(manifest["runs"]) == 1 + 2 * 5  # teacher + per seed: baseline, kd, kd-T2, fitnets, dml
+    for run in manifest["runs"]:
+        assert (exp_dir / run["run_dir"] / "result.json").is_file()
+    stats = json.loads((exp_dir / "summary.json").read_text())["teacher_cache"]
+    # per seed, the first logits-only method computes the teacher's outputs and the second reuses them all
+    assert stats["computed_batches"] == stats["reused_batches"] > 0 and stats["mismatches"] == 0
+    assert not (exp_dir / "teacher_cache").exists() or not any((exp_dir / "teacher_cache").iterdir())
+    assert (exp_dir / "report" / "index.html").is_file() and (exp_dir / "report" / "results.csv").is_file()
+
+
+def test_second_run_loads_everything(tiny_experiment, capsys):
+    base, path = tiny_experiment
+    capsys.readouterr()
+    assert main(["run", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert "training" not in err and err.count(": done") == 11
+
+
+def test_lock_refuses_a_second_invocation(tiny_experiment):
+    base, path = tiny_experiment
+    exp = load_experiment_file(str(path), [])
+    with experiment_lock(exp.directory):
+        with pytest.raises(KdlabError, match="another kdlab process"):
+            Experiment(exp).run()
