@@ -1,0 +1,115 @@
+"""Experiment reports: ``build_report(exp_dir)`` writes ``exp_dir/report/`` (tables, figures, index.html).
+
+    from kdlab.report import build_report
+    build_report("experiments/fmnist-kd", device="cpu", log=print)
+
+Every metric is recomputed from the runs' saved checkpoints on the test split (cached per run, see
+:mod:`kdlab.report.evalcache`), so a second report of a finished experiment takes seconds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from kdlab.engine.device import resolve_device
+from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
+from kdlab.report.collect import Collected, ReportError, RunEval, TestData, collect, efficiency_by_label, read_manifest
+from kdlab.report.efficiency import count_parameters, flops_per_image, latency_ms
+from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
+                                run_record)
+
+__all__ = ["build_report", "expected_calibration_error", "reliability_bins", "ReliabilityBins", "paired_gain", "format_mean_std",
+           "flops_per_image", "count_parameters", "latency_ms", "ReportError"]
+
+
+def _silent(message: str) -> None:
+    """The default ``log``: the report prints nothing unless asked to."""
+
+
+def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], None] = _silent) -> Path:
+    """Write ``results.{csv,json,md}``, the figures and ``index.html`` into ``exp_dir/report``; return that folder."""
+    from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
+    from kdlab.report.html import write_html
+
+    exp_dir = Path(exp_dir)
+    manifest = read_manifest(exp_dir)
+    collected = collect(manifest, TestData(manifest.dataset, resolve_device(device)), log)
+    if not collected.runs:
+        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.skipped) or "the manifest lists no runs"
+        raise ReportError(f"no finished run to report in {exp_dir} ({reasons})")
+    log(f"{sum(r.cache_hit for r in collected.runs)} of {len(collected.runs)} runs' test metrics from their caches")
+    efficiency = efficiency_by_label(collected.runs, log)
+    top5 = max(int(r.cache.get("num_classes", 0)) for r in collected.runs) > 5
+    rows = build_rows(collected.runs, efficiency, top5)
+    out = exp_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds}
+    notes = [SELECTION_NOTE, *_notes(collected)]
+    write_csv(out / "results.csv", rows)
+    write_results_json(out / "results.json", header, rows, [run_record(r) for r in collected.runs],
+                       collected.skipped, notes)
+    write_markdown(out / "results.md", header, rows, top5, notes)
+    figures, best = _figures(collected.runs, rows, out)
+    write_html(out / "index.html", header, rows, top5, figures, notes, best)
+    log(f"report written to {out / 'index.html'}")
+    return out
+
+
+def _notes(collected: Collected) -> list[str]:
+    notes = [f"skipped {s['key']} ({s['run_dir']}): {s['reason']}" for s in collected.skipped]
+    notes += collected.notes
+    for run in collected.runs:
+        source = run.selected.get("source")
+        if source == "model.safetensors":
+            notes.append(f"{run.spec.key}: no best.safetensors (empty validation split), so val-selected = last epoch")
+        elif source == "checkpoint":
+            notes.append(f"{run.spec.key}: teacher given as a finished checkpoint ({run.spec.path}), not trained "
+                         "here: its 'val-selected' value is that checkpoint's, and it has no curves or train time")
+    notes.append("NLL, ECE (15 equal-width confidence bins), agreement and KL use the last-epoch weights. FLOPs: "
+                 "PyTorch's flop counter, one forward pass of one image (a multiply-add counts 2). CPU latency: "
+                 f"median of timed passes after warm-up, with {torch.get_num_threads()} threads, measured once per "
+                 "architecture and label.")
+    return notes
+
+
+def _featured(rows: list[dict], groups: dict[RowKey, list[RunEval]]) -> list[RowKey]:
+    """The rows shown in detail: the best method (by mean val-selected test top-1), its teacher and baseline."""
+    by_label = {row_label(k): k for k in groups}
+    students = [r for r in rows if r["role"] == "student" and r.get("test_top1_selected_mean") is not None]
+    best = max(students, key=lambda r: r["test_top1_selected_mean"]) if students else None
+    teacher = next((k for k in groups if k[0] == "teacher" and (best is None or k[2] == best["teacher"])), None)
+    baseline = next((k for k in groups if k[0] == "baseline" and (best is None or k[2] == best["student"])), None)
+    chosen = [teacher, baseline, by_label[best["label"]] if best else None]
+    return [k for k in chosen if k is not None]
+
+
+def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str, list[tuple[str, str]]], str | None]:
+    from kdlab.report.figures import accuracy_figure, confusion_figure, curves_figure, reliability_figure
+
+    groups = group_runs(runs)
+    featured = _featured(rows, groups)
+    for stale in out.glob("confusion_*.png"):  # a previous report may have featured other rows
+        stale.unlink()
+    accuracy_figure(rows, out / "accuracy.png")
+    curves_figure([(row_label(k), [r.history for r in g]) for k, g in groups.items()], out / "curves.png")
+    confusions = []
+    for key in featured:
+        group = groups[key]
+        name = f"confusion_{row_slug(key)}.png"
+        total = sum((r.confusion for r in group[1:]), group[0].confusion.clone())
+        confusion_figure(total, group[0].class_names, f"{row_label(key)} — last epoch, {len(group)} seed(s) pooled",
+                         out / name)
+        confusions.append((name, f"Confusion matrix: {row_label(key)} (test, summed over seeds)"))
+    panels = [(row_label(k), sum((r.bins for r in groups[k][1:]), groups[k][0].bins)) for k in featured]
+    reliability_figure(panels, out / "reliability.png")
+    best = row_label(featured[-1]) if featured and featured[-1][0] == "student" else None
+    figures = {
+        "Accuracy": [("accuracy.png", "Test top-1 per row: last epoch and val-selected epoch (± std over seeds)")],
+        "Learning curves": [("curves.png", "Train loss and validation top-1 per epoch (mean ± std over seeds)")],
+        "Confusion matrices": confusions,
+        "Calibration": [("reliability.png", "Reliability diagrams (last epoch, pooled over seeds)")],
+    }
+    return figures, best

@@ -1,0 +1,337 @@
+"""Read an experiment's manifest and compute every run's test metrics from its saved checkpoints (with a cache).
+
+Nothing here trusts the numbers a run logged: top-1/top-5, NLL, calibration, agreement with the teacher and the
+confusion matrix all come from running the saved weights on the test split again (fp32, eval mode).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor
+
+from kdlab.config import DataConfig, from_dict
+from kdlab.data import BatchLoader, load_splits, make_loader
+from kdlab.engine.evaluate import classification_metrics, predict
+from kdlab.errors import KdlabError
+from kdlab.report.calibration import ReliabilityBins, reliability_bins
+from kdlab.report.evalcache import cache_key, read_cache, read_logits, write_cache
+from kdlab.runner.checkpoints import load_model
+
+Log = Callable[[str], None]
+ECE_BINS = 15
+ROLES = ("teacher", "baseline", "student")
+
+
+class ReportError(KdlabError):
+    """An experiment directory that cannot be reported on (no or malformed manifest)."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run as the manifest lists it."""
+
+    key: str
+    role: str
+    teacher: str | None
+    student: str
+    method: str
+    seed: int
+    run_dir: Path  # where its files are; for a given checkpoint, where the report caches its predictions
+    model: str
+    path: str  # run_dir as the manifest gives it (relative to the experiment), or the given checkpoint
+    checkpoint: Path | None = None  # a teacher supplied as a finished checkpoint (not trained here)
+
+    @property
+    def model_path(self) -> Path:
+        return self.checkpoint or self.run_dir / "model.safetensors"
+
+    @property
+    def best_path(self) -> Path | None:
+        return None if self.checkpoint else self.run_dir / "best.safetensors"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    name: str
+    dataset: dict
+    seeds: list[int]
+    runs: list[RunSpec]
+
+
+def _run_spec(exp_dir: Path, row: dict) -> RunSpec:
+    common = {"key": str(row["key"]), "role": str(row["role"]), "teacher": row.get("teacher"),
+              "student": str(row["student"]), "method": str(row.get("method") or "ce"), "seed": int(row["seed"]),
+              "model": str(row.get("model") or "")}
+    if row.get("run_dir"):
+        return RunSpec(**common, run_dir=exp_dir / row["run_dir"], path=str(row["run_dir"]))
+    given = Path(str(row["checkpoint"])).expanduser()
+    if not given.is_absolute() and not given.exists():
+        given = exp_dir / given
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in common["key"])
+    return RunSpec(**common, run_dir=exp_dir / "report" / "cache" / f"given-{safe}", path=str(given),
+                   checkpoint=given)
+
+
+def read_manifest(exp_dir: Path) -> Manifest:
+    path = exp_dir / "manifest.json"
+    if not path.is_file():
+        raise ReportError(f"no manifest.json in {exp_dir}: not an experiment directory")
+    try:
+        data = json.loads(path.read_text())
+        runs = [_run_spec(exp_dir, r) for r in data["runs"]]
+        manifest = Manifest(str(data.get("name") or exp_dir.name), dict(data["dataset"]),
+                            [int(s) for s in data.get("seeds", [])], runs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ReportError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
+    for run in runs:
+        if run.role not in ROLES:
+            raise ReportError(f"{path}: run {run.key!r} has role {run.role!r}; expected one of {', '.join(ROLES)}")
+    return manifest
+
+
+# The settings that decide what the test images are; the others (batch sizes, augmentation...) change no logit.
+_TEST_DATA_KEYS = ("name", "root", "image_size", "normalize", "test_subset")
+
+
+class TestData:
+    """The test split of the manifest's dataset, loaded on first use only (a fully cached report never loads it)."""
+
+    def __init__(self, dataset: dict, device: torch.device) -> None:
+        self.cfg: DataConfig = from_dict(DataConfig, dataset, prefix="dataset.")
+        self.device = device
+        self._loader: BatchLoader | None = None
+
+    @property
+    def identity(self) -> dict:
+        """What the per-run caches are keyed on, besides the checkpoints."""
+        return {k: getattr(self.cfg, k) for k in _TEST_DATA_KEYS}
+
+    def loader(self) -> BatchLoader:
+        if self._loader is None:
+            splits = load_splits(self.cfg)
+            self._loader = make_loader(splits.test, splits.info, self.cfg, train=False, device=self.device)
+        return self._loader
+
+    def input_shape(self) -> list[int]:
+        """(C, H, W) of the images the models see."""
+        loader = self.loader()
+        size = loader.plan.out_size or loader.split.image_shape[1:]
+        return [loader.info.in_channels, *size]
+
+
+@dataclass
+class RunEval:
+    """A finished run and what was computed from its checkpoints."""
+
+    spec: RunSpec
+    result: dict
+    history: list[dict]
+    last: dict  # top1, top5, nll, ece, bins (from model.safetensors)
+    selected: dict  # top1, top5, nll, ece, bins, epoch (from best.safetensors, else model.safetensors)
+    input_shape: list[int]
+    class_names: list[str]
+    confusion: Tensor  # [K, K] counts, rows = true class, of the last-epoch predictions
+    agreement: float | None = None  # % of test images where the student's top-1 is the teacher's
+    kl: float | None = None  # mean KL(p_teacher ‖ p_student) in nats
+    teacher_key: str | None = None
+    cache_hit: bool = False
+    cache: dict = field(default_factory=dict)  # the content of eval_cache.json (without its key)
+    cache_key: dict = field(default_factory=dict)
+
+    @property
+    def bins(self) -> ReliabilityBins:
+        return ReliabilityBins.from_dict(self.last["bins"])
+
+
+def logit_metrics(logits: Tensor, labels: Tensor, bins: int = ECE_BINS) -> dict:
+    """top1/top5 (%), nll (nats) and ece (%) with its reliability bins, from test logits."""
+    base = classification_metrics(logits, labels)
+    rel = reliability_bins(torch.softmax(logits.double(), dim=1), labels, bins)
+    return {"top1": base["top1"], "top5": base.get("top5"), "nll": base["loss"], "ece": rel.ece(),
+            "bins": rel.to_dict()}
+
+
+def teacher_agreement(student_logits: Tensor, teacher_logits: Tensor) -> tuple[float, float]:
+    """(% of identical top-1 predictions, mean KL(p_teacher ‖ p_student) in nats)."""
+    agree = 100.0 * student_logits.argmax(1).eq(teacher_logits.argmax(1)).double().mean().item()
+    log_s = F.log_softmax(student_logits.double(), dim=1)
+    log_t = F.log_softmax(teacher_logits.double(), dim=1)
+    kl = F.kl_div(log_s, log_t, reduction="batchmean", log_target=True).item()
+    return agree, kl
+
+
+def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    index = labels.long() * num_classes + logits.argmax(1)
+    return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
+
+
+def _read_history(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _compute(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
+    """Evaluate the last and the val-selected weights of a run on the test split."""
+    log(f"evaluating {spec.key} ({spec.model_path.parent.name}) on the test split")
+    model, meta = load_model(spec.model_path, data.device)
+    logits, labels, _ = predict(model, data.loader(), data.device)
+    tensors = {"last": logits, "labels": labels}
+    best = spec.best_path
+    epochs = int(meta.get("epoch") or result.get("epochs") or 0)
+    selected_epoch = epochs
+    if best is not None and best.is_file():
+        best_model, best_meta = load_model(best, data.device)
+        selected_epoch = int(best_meta.get("epoch") or result.get("selected_epoch") or 0)
+        if selected_epoch != epochs:  # else the same weights as the last epoch's: no second pass
+            tensors["selected"], _, _ = predict(best_model, data.loader(), data.device)
+    metrics = {
+        "input_shape": data.input_shape(),
+        "class_names": list(meta.get("class_names") or []),
+        "num_classes": int(meta.get("num_classes") or logits.shape[1]),
+        "last": logit_metrics(logits, labels),
+        "selected": {**logit_metrics(tensors.get("selected", logits), labels), "epoch": selected_epoch,
+                     "source": "checkpoint" if best is None else best.name if best.is_file() else spec.model_path.name},
+    }
+    return metrics, tensors
+
+
+def evaluate_run(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple[RunEval, dict[str, Tensor]]:
+    """A run's metrics (from its cache when the checkpoints are unchanged) and its test logits."""
+    key = cache_key(spec.model_path, spec.best_path, data.identity)
+    cached = read_cache(spec.run_dir, key)
+    if cached is not None:
+        metrics, tensors = cached, read_logits(spec.run_dir)
+    else:
+        metrics, tensors = _compute(spec, result, data, log)
+        write_cache(spec.run_dir, key, metrics, tensors)
+    logits, labels = tensors["last"], tensors["labels"]
+    run = RunEval(spec=spec, result=result, history=_read_history(spec.run_dir), last=metrics["last"],
+                  selected=metrics["selected"], input_shape=list(metrics["input_shape"]),
+                  class_names=list(metrics["class_names"]),
+                  confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=cached is not None,
+                  cache={k: v for k, v in metrics.items() if k != "key"}, cache_key=key)
+    return run, tensors
+
+
+# -- the whole experiment ---------------------------------------------------------------------------------------------
+@dataclass
+class Collected:
+    runs: list[RunEval]
+    skipped: list[dict]  # {"key", "run_dir", "reason"}
+    notes: list[str]
+
+
+def _finished(spec: RunSpec) -> tuple[dict | None, str | None]:
+    """(result.json, None) for a finished run, else (None, why it is skipped)."""
+    if spec.checkpoint is not None:  # a given teacher: nothing was trained here
+        return ({}, None) if spec.checkpoint.is_file() else (None, f"given checkpoint not found: {spec.checkpoint}")
+    result_path = spec.run_dir / "result.json"
+    if not result_path.is_file():
+        return None, "unfinished (no result.json)"
+    if not (spec.run_dir / "model.safetensors").is_file():
+        return None, "no model.safetensors"
+    try:
+        return json.loads(result_path.read_text()), None
+    except ValueError:
+        return None, "unreadable result.json"
+
+
+def _configured_teacher(run_dir: Path) -> Path | None:
+    """The checkpoint a run was distilled from, as its config.yaml names it."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    teacher = (yaml.safe_load(path.read_text()) or {}).get("teacher")
+    if not teacher:
+        return None
+    teacher_path = Path(teacher)
+    return teacher_path if teacher_path.suffix == ".safetensors" else teacher_path / "model.safetensors"
+
+
+def match_teacher(student: RunSpec, teachers: list[RunSpec]) -> RunSpec | None:
+    """The teacher run a student was distilled from: the checkpoint its config names (by path, then by folder and
+    file name, in case the experiment was moved), else the teacher run of the same label and seed, else of the lowest
+    seed."""
+    same_label = sorted((t for t in teachers if t.student == student.teacher), key=lambda t: t.seed)
+    configured = _configured_teacher(student.run_dir)
+    if configured is not None:
+        resolved, tail = configured.resolve(), (configured.parent.name, configured.name)
+        for test in (lambda t: t.model_path.resolve() == resolved,
+                     lambda t: (t.model_path.parent.name, t.model_path.name) == tail):
+            found = next((t for t in (same_label or teachers) if test(t)), None)
+            if found is not None:
+                return found
+    return next((t for t in same_label if t.seed == student.seed), same_label[0] if same_label else None)
+
+
+def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
+    """Evaluate every finished run of the manifest; teachers first, so students can be compared with them."""
+    order = sorted(manifest.runs, key=lambda r: ROLES.index(r.role))  # stable: the manifest's order within a role
+    runs: list[RunEval] = []
+    skipped: list[dict] = []
+    notes: list[str] = []
+    teacher_logits: dict[str, Tensor] = {}
+    finished_teachers: list[RunSpec] = []
+    for spec in order:
+        result, reason = _finished(spec)
+        if result is None:
+            skipped.append({"key": spec.key, "run_dir": spec.path, "reason": reason})
+            continue
+        try:
+            run, tensors = evaluate_run(spec, result, data, log)
+        except KdlabError as exc:
+            skipped.append({"key": spec.key, "run_dir": spec.path, "reason": str(exc)})
+            continue
+        if spec.role == "teacher":
+            teacher_logits[spec.key] = tensors["last"]
+            finished_teachers.append(spec)
+        elif spec.teacher:
+            teacher = match_teacher(spec, finished_teachers)
+            if teacher is None:
+                notes.append(f"{spec.key}: no finished run of teacher {spec.teacher!r}; no agreement / KL")
+            else:
+                run.teacher_key = teacher.key
+                run.agreement, run.kl = teacher_agreement(tensors["last"], teacher_logits[teacher.key])
+        runs.append(run)
+    return Collected(runs, skipped, notes)
+
+
+def efficiency_env() -> dict:
+    """What a latency number depends on besides the weights: a change re-measures."""
+    import platform
+
+    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+            "processor": platform.processor()}
+
+
+def efficiency_by_label(runs: list[RunEval], log: Log) -> dict[tuple[str, str], dict]:
+    """Efficiency of each (label, architecture), measured once on its lowest-seed run and cached in that run."""
+    from kdlab.report.efficiency import measure_efficiency
+
+    out: dict[tuple[str, str], dict] = {}
+    env = efficiency_env()
+    for run in sorted(runs, key=lambda r: r.spec.seed):
+        label = (run.spec.student, run.spec.model)
+        if label in out:
+            continue
+        cached = run.cache.get("efficiency") or {}
+        if cached.get("env") == env:
+            out[label] = cached["values"]
+            continue
+        log(f"measuring parameters, FLOPs and CPU latency of {run.spec.student} ({run.spec.model})")
+        path = run.spec.model_path
+        model, _ = load_model(path, torch.device("cpu"))
+        values = measure_efficiency(model, run.input_shape, path)
+        run.cache["efficiency"] = {"env": env, "values": values}
+        write_cache(run.spec.run_dir, run.cache_key, run.cache)
+        out[label] = values
+    return out

@@ -1,0 +1,138 @@
+"""The report's figures, drawn on ``matplotlib.figure.Figure`` objects (Agg, no pyplot and its global state)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from kdlab.report.calibration import ReliabilityBins
+
+DPI = 120
+LAST_COLOR, SELECTED_COLOR = "#9bb7d4", "#1f4e79"
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, bbox_inches="tight")
+    return path
+
+
+def accuracy_figure(rows: list[dict], path: Path) -> Path:
+    """Horizontal bars per row: last-epoch and val-selected test top-1, error bars = std over seeds."""
+    n = len(rows)
+    fig = Figure(figsize=(8, 1.2 + 0.55 * n))
+    ax = fig.add_subplot()
+    y = np.arange(n)
+    h = 0.38
+    for offset, part, color, name in ((-h / 2, "last", LAST_COLOR, "last epoch"),
+                                      (h / 2, "selected", SELECTED_COLOR, "val-selected epoch")):
+        means = [r.get(f"test_top1_{part}_mean") or 0.0 for r in rows]
+        stds = [r.get(f"test_top1_{part}_std") or 0.0 for r in rows]
+        ax.barh(y + offset, means, h, xerr=stds, color=color, label=name, capsize=3, error_kw={"elinewidth": 1})
+        for yi, m, sd in zip(y + offset, means, stds):
+            ax.text(m + sd, yi, f"  {m:.2f}", va="center", fontsize=8)  # right of the error bar, not on it
+    ax.set_yticks(y, [f"{r['label']}  (n={r['n_seeds']})" for r in rows])
+    ax.invert_yaxis()  # first row on top, as in the table
+    ax.set_xlabel("test top-1 (%), mean ± std over seeds")
+    top = max([(r.get("test_top1_selected_mean") or 0) + (r.get("test_top1_selected_std") or 0) for r in rows]
+              + [(r.get("test_top1_last_mean") or 0) + (r.get("test_top1_last_std") or 0) for r in rows] + [1.0])
+    ax.set_xlim(0, min(100.0, top * 1.12) if top <= 100 else top * 1.12)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=2, fontsize=8, frameon=False)  # off the bars
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, path)
+
+
+def _mean_curve(histories: Sequence[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epochs, mean and std over runs of ``key`` (epochs where at least one run has it)."""
+    by_epoch: dict[int, list[float]] = {}
+    for history in histories:
+        for row in history:
+            if row.get(key) is not None:
+                by_epoch.setdefault(int(row["epoch"]), []).append(float(row[key]))
+    epochs = np.array(sorted(by_epoch))
+    values = [np.array(by_epoch[e]) for e in epochs]
+    mean = np.array([v.mean() for v in values])
+    std = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+    return epochs, mean, std
+
+
+def curves_figure(curves: list[tuple[str, list[list[dict]]]], path: Path) -> Path:
+    """Train loss and validation top-1 vs epoch, one line per row (mean over seeds, band = ± std)."""
+    fig = Figure(figsize=(12, 4.5))
+    panels = (("train_loss", "train loss (total objective)"), ("val_top1", "validation top-1 (%)"))
+    for i, (key, title) in enumerate(panels):
+        ax = fig.add_subplot(1, 2, i + 1)
+        drawn = False
+        for label, histories in curves:
+            epochs, mean, std = _mean_curve(histories, key)
+            if len(epochs) == 0:
+                continue
+            line, = ax.plot(epochs, mean, marker="o" if len(epochs) < 30 else None, ms=3, label=label)
+            ax.fill_between(epochs, mean - std, mean + std, color=line.get_color(), alpha=0.15, lw=0)
+            drawn = True
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {key} recorded", ha="center", va="center", transform=ax.transAxes)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str], title: str, path: Path) -> Path:
+    """Row-normalized confusion matrix (% of each true class), counts written in cells for few classes."""
+    counts = confusion.double().numpy()
+    k = counts.shape[0]
+    rates = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    size = min(4 + 0.45 * k, 16)
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class")
+    names = list(class_names) if len(class_names) == k else [str(i) for i in range(k)]
+    if k <= 40:
+        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8 if k > 12 else 9)
+        ax.set_yticks(range(k), names, fontsize=8 if k > 12 else 9)
+    if k <= 15:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if rates[i, j] > 50 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def reliability_figure(panels: list[tuple[str, ReliabilityBins]], path: Path) -> Path:
+    """Reliability diagrams: accuracy per confidence bin against the diagonal of perfect calibration."""
+    n = max(len(panels), 1)
+    fig = Figure(figsize=(4.2 * n, 4.4))
+    for i, (label, bins) in enumerate(panels):
+        ax = fig.add_subplot(1, n, i + 1)
+        width = 1.0 / bins.bins
+        lefts = np.arange(bins.bins) * width
+        acc = [100.0 * a if a is not None else 0.0 for a in bins.accuracy()]
+        conf = [100.0 * c if c is not None else np.nan for c in bins.mean_confidence()]
+        ax.bar(100 * lefts, acc, 100 * width, align="edge", color=SELECTED_COLOR, edgecolor="white",
+               label="accuracy")
+        ax.plot(100 * (lefts + width / 2), conf, "o", color="#d62728", ms=3, label="mean confidence")
+        ax.plot([0, 100], [0, 100], "--", color="grey", lw=1, label="perfect calibration")
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("confidence (%)")
+        if i == 0:
+            ax.set_ylabel("accuracy (%)")
+            ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(f"{label}\nECE {bins.ece():.2f}%  (n={bins.total})", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)

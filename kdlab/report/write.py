@@ -1,0 +1,71 @@
+"""results.csv / results.json / results.md: the same rows, full precision in CSV and JSON, rounded in Markdown."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+from kdlab.report.table import display_columns, display_value
+
+SELECTION_NOTE = ("\"val-selected\" is the epoch with the best top-1 on the validation split (held out from train); "
+                  "the test split never selects anything. \"last\" is the final epoch.")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Report files are plain writes (ordinary permissions, UTF-8): they are rebuilt from the runs at any time."""
+    path.write_text(text, encoding="utf-8")
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities (a diverged run) become null: results.json stays standard JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def csv_columns(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for row in rows for k in row))
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=csv_columns(rows), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: " ".join(map(str, v)) if isinstance(v, list) else ("" if v is None else v)
+                         for k, v in row.items()})
+    write_text(path, buf.getvalue())
+
+
+def write_results_json(path: Path, header: dict, rows: list[dict], runs: list[dict], skipped: list[dict],
+                       notes: list[str]) -> None:
+    payload = {**header, "columns": csv_columns(rows), "rows": rows, "runs": runs, "skipped": skipped,
+               "notes": notes}
+    write_text(path, json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def markdown_table(rows: list[dict], top5: bool) -> str:
+    cols = display_columns(top5)
+    lines = ["| " + " | ".join(c.header for c in cols) + " |",
+             "|" + "|".join("---" if c.kind == "text" else "---:" for c in cols) + "|"]
+    lines += ["| " + " | ".join(display_value(row, c).replace("|", "\\|") for c in cols) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_markdown(path: Path, header: dict, rows: list[dict], top5: bool, notes: list[str]) -> None:
+    dataset = header["dataset"]
+    text = [f"# {header['name']}", "",
+            f"Dataset: **{dataset.get('name')}** · seeds: {', '.join(map(str, header['seeds'])) or '–'}", "",
+            markdown_table(rows, top5), "",
+            "Mean ± sample std over seeds; gains are paired by seed over the baseline of the same student "
+            "(mean ± standard error). Metrics are recomputed from the saved checkpoints on the test split.", "",
+            "## Notes", ""]
+    text += [f"- {note}" for note in notes]
+    write_text(path, "\n".join(text) + "\n")
