@@ -9,6 +9,7 @@ Layout of a run directory::
     checkpoints/epoch-NNNN/         weights.safetensors (students + extra modules), state.pt (optimizer, RNG...)
     model.safetensors               the trained student (last epoch); best.safetensors: the val-selected epoch
     result.json                     final metrics; its presence marks the run finished
+    tensorboard/                    event files, when the optional `tensorboard` package is installed
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class RunIO:
         self.run_dir = Path(run_dir)
         self.rank = rank
         self.progress_enabled = progress
+        self._tensorboard = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -60,6 +62,23 @@ class RunIO:
         writer.writeheader()
         writer.writerows(history)
         ckpt.write_text(self.run_dir / "metrics.csv", buf.getvalue())
+
+    def log_scalars(self, row: dict) -> None:
+        """One epoch's numbers to TensorBoard, if it is installed (an optional extra); CSV is always written."""
+        if not self.is_main:
+            return
+        if self._tensorboard is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                self._tensorboard = False
+                return
+            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        if self._tensorboard:
+            for key, value in row.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self._tensorboard.add_scalar(key, value, row["epoch"])
+            self._tensorboard.flush()
 
     def write_json(self, name: str, data: Any) -> None:
         if self.is_main:

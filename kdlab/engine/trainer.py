@@ -70,6 +70,7 @@ class Trainer:
             self._select(row)
             self.history.append(row)
             self.io.write_history(self.history)
+            self.io.log_scalars(row)
             self._checkpoint(epoch + 1)
             self.io.log(self._summary(row))
         return self._finish()
@@ -162,7 +163,9 @@ class Trainer:
             filename = "model.safetensors" if name == "student" else f"{name}.safetensors"
             self.io.save_weights(filename, self._student_state(name), {**self.opt.model_meta, "epoch": self.opt.epochs})
         last = self.history[-1] if self.history else {}
-        selected = next((r for r in self.history if r["epoch"] == self.best["epoch"]), last)
+        selected = dict(next((r for r in self.history if r["epoch"] == self.best["epoch"]), last))
+        if "test_top1" not in selected and "test" in self.eval_loaders:
+            selected.update(self._evaluate_selected())
         result = {k: v for k, v in last.items() if not k.startswith("train_") and k not in ("lr", "epoch")}
         result.update(
             epochs=self.opt.epochs,
@@ -175,6 +178,17 @@ class Trainer:
             train_time_s=sum(r.get("train_time_s", 0.0) for r in self.history),
         )
         return result
+
+    def _evaluate_selected(self) -> dict:
+        """Test metrics of the val-selected weights, when the test split was not evaluated at every epoch."""
+        from kdlab.engine.checkpoint import load_weights
+
+        student = self.objective.students()["student"]
+        current = {k: v.clone() for k, v in student.state_dict().items()}
+        student.load_state_dict(load_weights(self.io.run_dir / "best.safetensors")[0])
+        metrics = evaluate(student, self.eval_loaders["test"], self.opt.device, self.opt.bf16, self.opt.channels_last)
+        student.load_state_dict(current)
+        return {f"test_{k}": v for k, v in metrics.items()}
 
     @staticmethod
     def _summary(row: dict) -> str:

@@ -83,6 +83,7 @@ class ExperimentConfig:
     channels_last: bool = True
     compile: bool = False
     progress: bool = True
+    eval_test_every_epoch: bool = True  # False: test only at the end (curves then show the val split only)
     share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
     keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
 
@@ -160,7 +161,7 @@ def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, 
         method=MethodConfig(name=method.name, params=dict(method.params)) if method else MethodConfig(),
         epochs=schedule.epochs, seed=seed, device=exp.device, precision=exp.precision,
         channels_last=exp.channels_last, compile=exp.compile, out_dir=str(exp.directory / "runs"),
-        progress=exp.progress)
+        progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch)
 
 
 def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str) -> str:

@@ -1,0 +1,35 @@
+"""Smoke test of benchmarks/kd_throughput.py: tiny models, a few batches, the JSON contract of its last line."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "kd_throughput.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("kd_throughput", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_kd_throughput_smoke(capsys):
+    bench = _load()
+    result = bench.main(["--teacher", "cnn_small", "--student", "cnn_tiny", "--batch-size", "8", "--steps", "2",
+                         "--warmup", "1", "--windows", "2", "--device", "cpu", "--threads", "2"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) > 1  # a table before the JSON
+    printed = json.loads(lines[-1])
+    assert printed == json.loads(json.dumps(result))
+    for key in ("student_img_s", "teacher_img_s", "online_kd_img_s", "shared_kd_img_s", "online_fraction_of_limit",
+                "shared_fraction_of_student"):
+        assert math.isfinite(printed[key]) and printed[key] > 0, key
+    expected = {"device": "cpu", "batch_size": 8, "teacher": "cnn_small", "student": "cnn_tiny", "shape": [1, 32, 32],
+                "channels_last": True, "threads": 2}
+    assert {k: printed[k] for k in expected} == expected
+    assert printed["precision"] in ("bf16", "fp32")
+    assert printed["torch"]
+    assert all(len(rates) == 2 for rates in printed["windows"].values())
+    assert all(math.isfinite(v) for v in printed["final_losses"].values())
