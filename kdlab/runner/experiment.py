@@ -60,6 +60,7 @@ class Experiment:
         self.stats = CacheStats()
         self.epoch_seconds: dict[str, float] = {}  # measured seconds per epoch, by model label and role
         self._caches: list[TeacherLogitCache] = []  # this seed's caches, discarded when its last run is done
+        self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
     def run(self) -> dict:
         with experiment_lock(self.dir):
@@ -71,7 +72,9 @@ class Experiment:
                 self._run_one(number, plan, spec, splits)
                 if self._last_of_seed(plan, number) and not self.exp.keep_teacher_cache:
                     self._discard_caches()
-            summary = {"runs": len(plan), "wall_time_s": time.perf_counter() - started,
+            wall = time.perf_counter() - started
+            summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": self.trained_seconds,
+                       "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
                        "teacher_cache": self.stats.as_dict()}
             ckpt.write_json(self.dir / "summary.json", summary)
             self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
@@ -94,6 +97,7 @@ class Experiment:
         start = time.perf_counter()
         single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened))
         elapsed = time.perf_counter() - start
+        self.trained_seconds += _trained_now(spec, state)
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
@@ -138,6 +142,13 @@ class Experiment:
         manifest = {"name": self.exp.name, "dataset": to_dict(self.exp.dataset), "seeds": list(self.exp.seeds),
                     "runs": [spec.manifest_row(self.dir) for spec in plan]}
         ckpt.write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def _trained_now(spec: RunSpec, state: str) -> float:
+    """Seconds spent in training loops by this invocation (a resumed run's earlier epochs are not counted)."""
+    rows = [json.loads(line) for line in (spec.run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    skip = int(state.split("epoch ")[1].split("/")[0]) if state.startswith("resuming") else 0
+    return sum(r.get("train_time_s", 0.0) for r in rows[skip:])
 
 
 def _describe(spec: RunSpec) -> str:
