@@ -27,7 +27,7 @@ data:
 	fi
 
 demo: setup
-	$(PY) -m kdlab train model=resnet20 dataset=fashion_mnist epochs=1 out_dir=runs/demo
+	$(PY) -m kdlab run
 
 test: setup
 	$(PY) -m pytest
@@ -36,4 +36,4 @@ bench: setup
 	$(PY) benchmarks/kd_throughput.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs experiments .pytest_cache
