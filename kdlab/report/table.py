@@ -75,6 +75,8 @@ def row_label(key: RowKey) -> str:
         return f"{student} (teacher)"
     if role == "baseline":
         return f"{student} (baseline)"
+    if teacher is None:  # a method without a teacher (dml, byot)
+        return f"{method}: {student}"
     return f"{method}: {teacher} → {student}"
 
 
