@@ -216,7 +216,7 @@ class DataConfig:
     root: Optional[str] = None  # default: the dataset's own default path / environment variable
     val_ratio: float = 0.1  # fraction of the training split held out for model selection
     split_seed: int = 0  # the held-out split depends on this only, never on the training seed
-    batch_size: int = 128
+    batch_size: int = 64  # the CIFAR KD protocol's batch; also more steps per epoch for short schedules
     eval_batch_size: int = 1024
     augment: bool = True  # random crop (with padding) and, where the dataset allows, horizontal flip
     crop_padding: int = 4  # pixels of zero padding before the random crop
