@@ -76,7 +76,8 @@ class Experiment:
             summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": self.trained_seconds,
                        "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
                        "teacher_cache": self.stats.as_dict()}
-            ckpt.write_json(self.dir / "summary.json", summary)
+            if self.trained_seconds:  # a run that only loaded finished runs keeps the summary of the one that trained
+                ckpt.write_json(self.dir / "summary.json", summary)
             self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
                      f"{self.stats.reused_batches} saved by sharing teacher outputs")
             return summary
