@@ -212,12 +212,14 @@ def main(argv: list[str] | None = None) -> dict:
     batch_size, teacher, student, shape, classes, precision (the resolved one: bf16 or fp32), channels_last, compile,
     threads, cpu_count, malloc_env (the MALLOC_* / LD_PRELOAD allocator settings in effect), torch, steps (timed
     batches per workload), minor_faults_per_step (median over the rounds: page faults of memory the allocator gave
-    back to the OS, on Unix), warmup, rounds, loadavg_start / loadavg_end (the 1-minute load average: how busy the
-    machine was), elapsed_s, final_losses.
+    back to the OS, on Unix), warmup, rounds, loadavg_start / loadavg_end (the 1-minute load average, this process
+    included), other_cpu_cores / other_cpu_cores_rounds (cores that OTHER processes kept busy meanwhile, over the run
+    and per round, Linux only: the noise indicator), elapsed_s, final_losses.
     """
     args = parse_args(argv)
     started = time.perf_counter()
     load_start = _loadavg()
+    others = OtherLoad()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -257,11 +259,13 @@ def main(argv: list[str] | None = None) -> dict:
         w.faults.clear()
     cap = None if args.steps else 3 * args.window_s  # bounds the run time when the machine turns busy mid-run
     rounds_start = time.perf_counter()
+    round_others: list[float | None] = []
     for r in range(args.windows):  # interleaved rounds: load changes affect every workload alike
         if r and time.perf_counter() - rounds_start > args.max_s:
             print(f"warning: --max-s {args.max_s:g} s spent after {r} of {args.windows} rounds; reporting those",
                   file=sys.stderr)
             break
+        round_load = OtherLoad()
         for w in workloads:
             # fixed, or as many batches as last about --window-s at the best rate seen so far (a busy moment during
             # the estimate does not shrink the windows for good)
@@ -269,6 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
             w.rates.append(w.run(n, cap))
             w.best = max(w.best, w.rates[-1])
             w.steps += w.last_steps
+        round_others.append(round_load.cores())
 
     rates = {w.key: statistics.median(w.rates) for w in workloads}
     limit = 1.0 / (1.0 / rates["student_img_s"] + 1.0 / rates["teacher_img_s"])
@@ -307,12 +312,42 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": len(student_w.rates),
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
+        "other_cpu_cores": None if (o := others.cores()) is None else round(o, 2),
+        "other_cpu_cores_rounds": [None if x is None else round(x, 2) for x in round_others],
         "elapsed_s": round(time.perf_counter() - started, 1),
         "final_losses": {k: round(v, 4) for k, v in losses.items()},
     }
     _print_table(result)
     print(json.dumps(result), flush=True)
     return result
+
+
+class OtherLoad:
+    """CPU time that OTHER processes used meanwhile, in cores (Linux: /proc/stat minus this process's own time)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            import resource
+
+            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+            own = resource.getrusage(resource.RUSAGE_SELF)
+        except (ImportError, OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal, without guest (counted in user)
+        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+
+    def cores(self) -> float | None:
+        """Average number of cores busy with other processes since construction."""
+        end = self._read()
+        if self.start is None or end is None or end[0] - self.start[0] <= 0:
+            return None
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, others / (end[0] - self.start[0]))
 
 
 def _loadavg() -> float | None:
@@ -328,8 +363,9 @@ def _print_table(r: dict) -> None:
           f"batch {r['batch_size']}, {r['device']} {r['precision']}"
           f"{' channels_last' if r['channels_last'] else ''}{' compile' if r['compile'] else ''}, "
           f"{r['threads']} threads, torch {r['torch']}")
-    print(f"median of {r['rounds']} interleaved rounds (after {r['warmup']} warm-up batches), "
-          f"1-min load average {r['loadavg_start']} -> {r['loadavg_end']}")
+    other = r["other_cpu_cores"]
+    print(f"median of {r['rounds']} interleaved rounds (after {r['warmup']} warm-up batches); other processes kept "
+          f"{'?' if other is None else f'{other:.2f}'} of {r['cpu_count']} cores busy meanwhile")
     faults = r["minor_faults_per_step"]
     print(f"{'workload':<30}{'img/s':>9}{'best':>9}{'batches':>9}{'faults/step':>13}   every round")
     for key, label in WORKLOADS.items():
@@ -342,10 +378,14 @@ def _print_table(r: dict) -> None:
           f"{', '.join(f'{f:.2f}' for f in r['online_fraction_of_limit_rounds'])})")
     print(f"shared_fraction_of_student {r['shared_fraction_of_student']:.3f}  (of the best rates: "
           f"{r['shared_fraction_of_student_best']:.3f})")
-    cores = os.cpu_count() or 1
-    if r["device"] == "cpu" and max(r["loadavg_start"] or 0, r["loadavg_end"] or 0) > 0.5 * cores:
-        print(f"warning: the CPU was busy (load average {r['loadavg_start']} -> {r['loadavg_end']} on {cores} cores): "
-              f"other processes share it, timings are noisy; compare the rounds, re-run when idle")
+    per_round = r["other_cpu_cores_rounds"]
+    if any(x is not None for x in per_round):
+        shown = " / ".join("?" if x is None else f"{x:.2f}" for x in per_round)
+        print(f"other processes' CPU use per round (cores): {shown}")
+    if r["device"] == "cpu" and max((x for x in per_round if x is not None), default=0.0) > 0.2:
+        print("warning: other processes used the CPU during timed rounds: timings are noisy (with as many threads as "
+              "cores, even one busy process slows every step many times over); trust the quiet rounds, or re-run "
+              "when the machine is idle or with --threads 1")
     if not all(v == v and abs(v) != float("inf") for v in r["final_losses"].values()):
         print(f"warning: non-finite training loss {r['final_losses']} (timings of NaN arithmetic may differ)")
     print(f"elapsed {r['elapsed_s']:.1f} s")
