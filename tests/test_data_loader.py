@@ -212,7 +212,7 @@ def test_undecodable_image_on_disk_is_a_one_line_data_error(tmp_path):
 def test_stream_key_covers_the_settings():
     split = toy_set()
     base = make_loader(split, INFO3, DataConfig(), train=True, device=CPU, seed=0).stream_key
-    variants = [DataConfig(batch_size=64), DataConfig(crop_padding=2), DataConfig(flip=False),
+    variants = [DataConfig(batch_size=32), DataConfig(crop_padding=2), DataConfig(flip=False),
                 DataConfig(augment=False), DataConfig(image_size=16), DataConfig(normalize="imagenet")]
     keys = {make_loader(split, INFO3, cfg, train=True, device=CPU).stream_key for cfg in variants}
     assert base not in keys and len(keys) == len(variants)
