@@ -48,6 +48,7 @@ except ImportError:  # run from a checkout without the package installed
 
 from kdlab.config import OptimConfig  # noqa: E402
 from kdlab.engine.device import autocast, resolve_device, use_bf16  # noqa: E402
+from kdlab.engine.host import tune_cpu_allocator  # noqa: E402
 from kdlab.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from kdlab.engine.trainer import EngineOptions, train_step  # noqa: E402
 from kdlab.errors import ConfigError  # noqa: E402
@@ -90,6 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
     p.add_argument("--compile", action="store_true", help="torch.compile the objective and the teacher")
     p.add_argument("--seed", type=int, default=0, help="seed of the models' init and of the synthetic data")
+    p.add_argument("--system-allocator", action="store_true",
+                   help="leave glibc's malloc thresholds dynamic (the trainer fixes them on the CPU, see "
+                        "kdlab/engine/host.py); for measuring what that tuning is worth")
     args = p.parse_args(argv)
     try:
         shape = tuple(int(x) for x in args.shape.split(","))
@@ -224,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     bf16 = use_bf16(args.precision, device)
+    # what Trainer.__init__ does on the CPU
+    allocator = "not tuned (--system-allocator)" if args.system_allocator or device.type != "cpu" \
+        else tune_cpu_allocator()
     warmup = args.warmup
     if warmup is None:
         warmup = (20 if device.type == "cuda" else 3) + (10 if args.compile else 0)
@@ -305,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
         "compile": args.compile,
         "threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
+        "allocator": allocator,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
         "torch": torch.__version__,
         "steps": {w.key: w.steps for w in workloads},

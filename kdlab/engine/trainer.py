@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from kdlab.config import OptimConfig
 from kdlab.engine.device import autocast
 from kdlab.engine.evaluate import evaluate
+from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.runio import RunIO
 
@@ -49,6 +50,8 @@ class Trainer:
         self.opt = options
         self.io = io
         self.teacher_logits = teacher_logits
+        if options.device.type == "cpu":  # keep each step's peak memory mapped between steps (see engine/host.py)
+            tune_cpu_allocator()
         memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         objective.to(device=options.device, memory_format=memory_format)
         self.optimizer = build_optimizer(objective.trainable_parameters(), options.optim)

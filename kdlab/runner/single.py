@@ -22,6 +22,7 @@ from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
 from kdlab.data import Splits, load_splits, make_loader
 from kdlab.engine import checkpoint as ckpt
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
+from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, Trainer, TeacherLogits
 from kdlab.errors import ConfigError
@@ -115,8 +116,9 @@ def run(cfg: TrainConfig, splits: Splits | None = None,
     if teacher_cache is not None and teacher is not None and not objective.teacher_features():
         provider = teacher_cache(train_loader.stream_key)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
+    allocator = tune_cpu_allocator() if device.type == "cpu" else None
     io.write_json("meta.json", {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
-                                "bf16": bf16})
+                                "bf16": bf16, "cpu_allocator": allocator})
     ckpt.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, cfg.dataset)
     options = EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
