@@ -58,7 +58,7 @@ class Experiment:
         self.dir = exp.directory
         self.log = log
         self.stats = CacheStats()
-        self.epoch_seconds: dict[str, float] = {}  # measured seconds per epoch, by model label and role
+        self.epoch_seconds: dict[tuple, float] = {}  # measured seconds per epoch, by _speed_key
         self._caches: list[TeacherLogitCache] = []  # this seed's caches, discarded when its last run is done
         self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
@@ -131,12 +131,20 @@ class Experiment:
         return number == len(plan) or plan[number].seed != plan[number - 1].seed
 
     def _eta(self, remaining: list[RunSpec]) -> float:
-        """Seconds left, from measured seconds per epoch of the same model and role (students: any method)."""
+        """Seconds left, from measured seconds per epoch: of the same kind of run (role, model, method, teacher) when
+        one ran already, else the mean over runs of the same model, else over everything measured so far."""
         if not self.epoch_seconds:
             return 0.0
-        fallback = sum(self.epoch_seconds.values()) / len(self.epoch_seconds)
-        return sum(self.epoch_seconds.get(_speed_key(s), fallback) * (s.cfg.epochs - _epochs_done(s))
+        return sum(self._epoch_estimate(s) * (s.cfg.epochs - _epochs_done(s))
                    for s in remaining if _state(s) != "done" and not s.given_checkpoint)
+
+    def _epoch_estimate(self, spec: RunSpec) -> float:
+        key = _speed_key(spec)
+        for candidates in ([key], [k for k in self.epoch_seconds if k[1] == key[1]], list(self.epoch_seconds)):
+            seconds = [self.epoch_seconds[k] for k in candidates if k in self.epoch_seconds]
+            if seconds:
+                return sum(seconds) / len(seconds)
+        return 0.0
 
     def _write_manifest(self, plan: list[RunSpec]) -> None:
         ckpt.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
@@ -159,8 +167,9 @@ def _describe(spec: RunSpec) -> str:
     return f"{spec.role} {spec.student} {spec.method}{source} seed {spec.seed}"
 
 
-def _speed_key(spec: RunSpec) -> str:
-    return f"{spec.role == 'teacher'}:{spec.student}:{spec.method if spec.method in ('dml', 'byot') else ''}"
+def _speed_key(spec: RunSpec) -> tuple:
+    """What a run's speed depends on: its role and model, its method (the teacher's work, adapters, heads) and teacher."""
+    return (spec.role, spec.student, spec.method, spec.teacher)
 
 
 def _epochs_done(spec: RunSpec) -> int:
