@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KDLAB=${KDLAB:-.venv/bin/kdlab}
 OUT=${OUT:-runs/kd-accuracy}
-: "${TEACHER:?set TEACHER to a teacher run directory or .safetensors file (e.g. the demo's teacher run)}"
+: "${TEACHER:?set TEACHER to a teacher run directory or .safetensors file (e.g. the teacher run of the demo)}"
 T=${T:-2}
 VARIANTS=${VARIANTS:-"bf16-shared:bf16:true bf16-online:bf16:false fp32-online:fp32:false"}
 

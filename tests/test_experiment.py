@@ -121,3 +121,14 @@ def test_eta_uses_the_speed_of_the_same_kind_of_run(tmp_path):
     lab.epoch_seconds[_speed_key(kd)] = 12.0
     assert lab._epoch_estimate(next(s for s in plan if s.method == "kd" and s.seed == 1)) == 12.0
     assert lab._eta([kd]) == 12.0 * epochs
+
+
+def test_a_given_teacher_may_be_a_run_directory(tmp_path):
+    (tmp_path / "teacher-run").mkdir()
+    (tmp_path / "teacher-run" / "model.safetensors").write_bytes(b"weights")
+    for given in (tmp_path / "teacher-run", tmp_path / "teacher-run" / "model.safetensors"):
+        exp = load_experiment_file(None, [f"teachers=[{{name: resnet20, checkpoint: {given}}}]"])
+        teacher = expand(exp, "data1")[0]
+        assert teacher.checkpoint == str(tmp_path / "teacher-run" / "model.safetensors") and len(teacher.key) == 12
+    with pytest.raises(ConfigError, match="checkpoint not found"):
+        expand(load_experiment_file(None, [f"teachers=[{{name: resnet20, checkpoint: {tmp_path}}}]"]), "data1")

@@ -186,9 +186,12 @@ def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
 
 def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) -> RunSpec:
     cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
-    spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=entry.checkpoint)
-    if entry.checkpoint:
-        path = Path(entry.checkpoint)
+    given = entry.checkpoint
+    if given and Path(given).is_dir():  # a run directory means its final weights, as on the command line
+        given = str(Path(given) / "model.safetensors")
+    spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=given)
+    if given:
+        path = Path(given)
         if not path.is_file() and fingerprint != "validate":
             raise ConfigError(f"teacher {entry.display!r}: checkpoint not found: {path}")
         spec.key = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "given"
