@@ -42,7 +42,7 @@ def checkpoint_mb(path: str | Path) -> float:
     return Path(path).stat().st_size / 1e6
 
 
-def latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int, warmup: int = 2, iters: int = 7,
+def latency_ms(model: nn.Module, input_shape: Sequence[int], batch: int, warmup: int = 2, iters: int = 25,
                budget_s: float = 3.0) -> float:
     """Median wall time (ms) of one CPU forward pass of ``batch`` images, after ``warmup`` untimed passes.
 
@@ -74,6 +74,7 @@ def measure_efficiency(model: nn.Module, input_shape: Sequence[int], checkpoint:
         "checkpoint_mb": checkpoint_mb(checkpoint),
     }
     for batch in batches:
-        # One warm-up pass is enough for a big batch (and two would cost seconds on a large model).
-        out[f"latency_b{batch}_ms"] = latency_ms(model, input_shape, batch, warmup=2 if batch == 1 else 1)
+        # One warm-up pass is enough for a big batch (and two would cost seconds on a large model); a small model's
+        # batch-1 pass takes ~0.3 ms, so more warm-up and 25 timed passes keep its median off thread wake-up outliers.
+        out[f"latency_b{batch}_ms"] = latency_ms(model, input_shape, batch, warmup=5 if batch == 1 else 1)
     return out
