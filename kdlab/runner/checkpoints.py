@@ -30,11 +30,15 @@ def model_meta(name: str, kwargs: dict, info, data_cfg: DataConfig) -> dict:
     }
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its ``model.safetensors``."""
+def checkpoint_file(path: str | Path) -> Path:
+    """The weights file ``path`` names: a run directory means its ``model.safetensors``."""
     path = Path(path)
-    if path.is_dir():
-        path = path / "model.safetensors"
+    return path / "model.safetensors" if path.is_dir() else path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """:func:`checkpoint_file`, which must exist."""
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     return path

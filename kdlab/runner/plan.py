@@ -27,6 +27,7 @@ from typing import Literal, Optional
 
 from kdlab.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, from_dict, to_dict
 from kdlab.errors import ConfigError
+from kdlab.runner.checkpoints import checkpoint_file
 
 
 @dataclass
@@ -186,9 +187,7 @@ def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
 
 def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) -> RunSpec:
     cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
-    given = entry.checkpoint
-    if given and Path(given).is_dir():  # a run directory means its final weights, as on the command line
-        given = str(Path(given) / "model.safetensors")
+    given = str(checkpoint_file(entry.checkpoint)) if entry.checkpoint else None  # as on the command line
     spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=given)
     if given:
         path = Path(given)
