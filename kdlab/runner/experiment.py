@@ -88,6 +88,7 @@ class Experiment:
         if spec.given_checkpoint:
             self.log(f"{head}: given checkpoint {spec.given_checkpoint}")
             return
+        before = _epochs_done(spec)  # epochs an interrupted earlier invocation finished
         state = _state(spec)
         if state == "done":
             self.log(f"{head}: done")
@@ -98,12 +99,11 @@ class Experiment:
         start = time.perf_counter()
         single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened))
         elapsed = time.perf_counter() - start
-        self.trained_seconds += _trained_now(spec, state)
+        self.trained_seconds += _trained_now(spec, before)
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
-        done_epochs = spec.cfg.epochs - (_epochs_done(spec) if state.startswith("resum") else 0)
-        self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, done_epochs or spec.cfg.epochs)
+        self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, spec.cfg.epochs - before)
 
     def _cache_factory(self, spec: RunSpec, opened: list) -> Callable[[str], TeacherLogitCache] | None:
         """A factory the single run calls with its data stream key when its method needs teacher logits only."""
@@ -153,11 +153,10 @@ class Experiment:
         ckpt.write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
 
 
-def _trained_now(spec: RunSpec, state: str) -> float:
-    """Seconds spent in training loops by this invocation (a resumed run's earlier epochs are not counted)."""
+def _trained_now(spec: RunSpec, epochs_before: int) -> float:
+    """Seconds spent in training loops by this invocation (the epochs done before it resumed are not counted)."""
     rows = [json.loads(line) for line in (spec.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    skip = int(state.split("epoch ")[1].split("/")[0]) if state.startswith("resuming") else 0
-    return sum(r.get("train_time_s", 0.0) for r in rows[skip:])
+    return sum(r.get("train_time_s", 0.0) for r in rows[epochs_before:])
 
 
 def _describe(spec: RunSpec) -> str:
