@@ -65,6 +65,11 @@ class Manifest:
     runs: list[RunSpec]
 
 
+def file_safe(text: str) -> str:
+    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def _run_spec(exp_dir: Path, row: dict) -> RunSpec:
     common = {"key": str(row["key"]), "role": str(row["role"]), "teacher": row.get("teacher"),
               "student": str(row["student"]), "method": str(row.get("method") or "ce"), "seed": int(row["seed"]),
@@ -74,9 +79,8 @@ def _run_spec(exp_dir: Path, row: dict) -> RunSpec:
     given = Path(str(row["checkpoint"])).expanduser()
     if not given.is_absolute() and not given.exists():
         given = exp_dir / given
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in common["key"])
-    return RunSpec(**common, run_dir=exp_dir / "report" / "cache" / f"given-{safe}", path=str(given),
-                   checkpoint=given)
+    cache_dir = exp_dir / "report" / "cache" / f"given-{file_safe(common['key'])}"
+    return RunSpec(**common, run_dir=cache_dir, path=str(given), checkpoint=given)
 
 
 def read_manifest(exp_dir: Path) -> Manifest:

@@ -12,7 +12,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdlab.report.collect import ROLES, RunEval
+from kdlab.report.collect import ROLES, RunEval, file_safe
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
@@ -84,7 +84,7 @@ def row_slug(key: RowKey) -> str:
     """A file-name-safe name of a row: ``teacher_resnet56``, ``baseline_resnet20``, ``kd_resnet56_to_resnet20``."""
     role, teacher, student, method = key
     text = f"{role}_{student}" if role != "student" else f"{method}_{teacher}_to_{student}"
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+    return file_safe(text)
 
 
 def group_runs(runs: Sequence[RunEval]) -> dict[RowKey, list[RunEval]]:
