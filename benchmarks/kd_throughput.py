@@ -229,8 +229,10 @@ def main(argv: list[str] | None = None) -> dict:
     device = resolve_device(args.device)
     bf16 = use_bf16(args.precision, device)
     # what Trainer.__init__ does on the CPU
-    allocator = "not tuned (--system-allocator)" if args.system_allocator or device.type != "cpu" \
-        else tune_cpu_allocator()
+    if device.type != "cpu":
+        allocator = f"not tuned ({device.type})"
+    else:
+        allocator = "not tuned (--system-allocator)" if args.system_allocator else tune_cpu_allocator()
     warmup = args.warmup
     if warmup is None:
         warmup = (20 if device.type == "cuda" else 3) + (10 if args.compile else 0)
