@@ -1,9 +1,11 @@
-"""``kdlab``: train, distill, evaluate, list, run experiments and report.
+"""``kdlab``: train, distill, evaluate, list, run experiments and report — a thin layer over the Python API.
 
     kdlab train model=resnet20 dataset=fashion_mnist epochs=1
     kdlab distill teacher=runs/resnet56-ce-fashion_mnist-s0 student=resnet8 method=kd method.T=4
     kdlab eval runs/resnet20-ce-fashion_mnist-s0
     kdlab list models 'resnet*'
+    kdlab run [EXPERIMENT.yaml] [key=value ...]
+    kdlab report experiments/fmnist-demo
 
 Settings are ``key=value`` (YAML values) after an optional YAML file. Problems with the input print one line and
 exit with code 2; ``train``/``distill``/``eval`` end by printing one line of JSON with the final metrics on stdout.
@@ -14,48 +16,24 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, Sequence
 
-from kdlab.config import TrainConfig, from_dict, load_config
-from kdlab.errors import KdlabError
+from kdlab.config import TrainConfig, load_config, parse_value, split_args
+from kdlab.errors import ConfigError, KdlabError
 
 EXIT_USAGE = 2
 
 
-def _split_args(args: Sequence[str]) -> tuple[str | None, list[str]]:
-    """An optional leading YAML file, then key=value overrides."""
-    path, overrides = None, []
-    for arg in args:
-        if "=" not in arg and arg.endswith((".yaml", ".yml")) and path is None and not overrides:
-            path = arg
-        elif "=" not in arg:
-            raise KdlabError(f"expected key=value, got {arg!r}")
-        else:
-            overrides.append(arg)
-    return path, overrides
-
-
 def _train_config(args: Sequence[str], aliases: dict[str, str] | None = None) -> TrainConfig:
-    path, overrides = _split_args(args)
+    from kdlab.runner.single import validate_train_config
+
+    path, overrides = split_args(list(args))
     for old, new in (aliases or {}).items():
         overrides = [new + o[len(old):] if o.split("=")[0].split(".")[0] == old else o for o in overrides]
     cfg = load_config(TrainConfig, path, overrides)
     validate_train_config(cfg)
     return cfg
-
-
-def validate_train_config(cfg: TrainConfig) -> None:
-    """Check names and method hyperparameters before any data is loaded (fail fast, one line)."""
-    from kdlab.data import DATASETS
-    from kdlab.methods import method_params_cls
-    from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS
-
-    if not cfg.model.name.startswith(EXTERNAL_PREFIXES):
-        MODELS.get(cfg.model.name)
-    DATASETS.get(cfg.dataset.name)
-    from_dict(method_params_cls(cfg.method.name), cfg.method.params, prefix="method.")
-    if cfg.epochs < 1:
-        raise KdlabError("config key 'epochs': must be at least 1")
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
@@ -69,15 +47,14 @@ def cmd_distill(args: argparse.Namespace) -> dict:
 
     cfg = _train_config(args.settings, aliases={"student": "model"})
     if cfg.method.name == "ce":
-        raise KdlabError("distill needs a method (method=kd, fitnets, at, ...); use `kdlab train` for plain training")
+        raise ConfigError("distill needs a method (method=kd, fitnets, at, ...); use `kdlab train` for plain training")
     return run(cfg)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from kdlab.config import parse_value
     from kdlab.runner.single import evaluate_checkpoint
 
-    _, overrides = _split_args(args.settings)
+    _, overrides = split_args(args.settings)
     data, device = {}, "auto"
     for item in overrides:
         key, _, value = item.partition("=")
@@ -86,7 +63,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
         elif key.startswith("dataset."):
             data[key[len("dataset."):]] = parse_value(value)
         else:
-            raise KdlabError(f"unknown eval setting {key!r}; allowed: device, dataset.<key>")
+            raise ConfigError(f"unknown eval setting {key!r}; allowed: device, dataset.<key>")
     return evaluate_checkpoint(args.checkpoint, data, device)
 
 
@@ -100,40 +77,61 @@ def cmd_list(args: argparse.Namespace) -> None:
         print(name)
 
 
+def cmd_run(args: argparse.Namespace) -> dict:
+    from kdlab.runner.experiment import Experiment
+    from kdlab.runner.plan import load_experiment_file
+
+    path, overrides = split_args(args.settings)
+    exp = load_experiment_file(path, overrides)
+    summary = Experiment(exp).run()
+    report = _report(exp.directory, exp.device)
+    return {"experiment_dir": str(exp.directory), "report": str(report), **summary}
+
+
+def cmd_report(args: argparse.Namespace) -> dict:
+    return {"report": str(_report(Path(args.directory), args.device))}
+
+
+def _report(directory: Path, device: str) -> Path:
+    from kdlab.engine.device import resolve_device
+    from kdlab.report import build_report
+
+    path = build_report(directory, device=str(resolve_device(device)), log=lambda m: print(m, file=sys.stderr))
+    print(f"report: {path}", file=sys.stderr)
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdlab", description="Knowledge-distillation lab for image classification.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, helptext in (("train", "train a model (teacher or baseline) with cross-entropy"),
-                           ("distill", "train a student from a teacher with a distillation method")):
+
+    def command(name: str, handler: Callable, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
-        p.add_argument("settings", nargs="*", help="[CONFIG.yaml] key=value ...")
-    p = sub.add_parser("eval", help="evaluate a saved student (run directory or .safetensors)")
+        p.set_defaults(handler=handler)
+        return p
+
+    command("train", cmd_train, "train a model (teacher or baseline) with cross-entropy").add_argument(
+        "settings", nargs="*", help="[CONFIG.yaml] key=value ...")
+    command("distill", cmd_distill, "train a student from a teacher with a distillation method").add_argument(
+        "settings", nargs="*", help="[CONFIG.yaml] key=value ...")
+    p = command("eval", cmd_eval, "evaluate a saved student (run directory or .safetensors)")
     p.add_argument("checkpoint")
     p.add_argument("settings", nargs="*", help="device=... dataset.root=...")
-    p = sub.add_parser("list", help="list registered models, datasets or methods")
+    p = command("list", cmd_list, "list registered models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")
-    _add_lab_commands(sub)
+    command("run", cmd_run, "run an experiment (default: the embedded Fashion-MNIST comparison)").add_argument(
+        "settings", nargs="*", help="[EXPERIMENT.yaml] key=value ...")
+    p = command("report", cmd_report, "write the comparison report of an experiment directory")
+    p.add_argument("directory")
+    p.add_argument("--device", default="auto")
     return parser
-
-
-def _add_lab_commands(sub) -> None:
-    """Experiment commands, when the lab runner is present."""
-    try:
-        from kdlab.runner import lab_cli
-    except ImportError:
-        return
-    lab_cli.add_commands(sub)
-
-
-COMMANDS: dict[str, Callable] = {"train": cmd_train, "distill": cmd_distill, "eval": cmd_eval, "list": cmd_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handler = getattr(args, "handler", None) or COMMANDS[args.command]
     try:
-        result = handler(args)
+        result = args.handler(args)
     except KdlabError as exc:
         print(f"kdlab: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -67,6 +67,19 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
     return tree
 
 
+def split_args(args: list[str] | tuple[str, ...]) -> tuple[str | None, list[str]]:
+    """Command-line settings: an optional leading YAML file, then ``key=value`` overrides."""
+    path, overrides = None, []
+    for arg in args:
+        if "=" not in arg and arg.endswith((".yaml", ".yml")) and path is None and not overrides:
+            path = arg
+        elif "=" not in arg:
+            raise ConfigError(f"expected key=value, got {arg!r}")
+        else:
+            overrides.append(arg)
+    return path, overrides
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -7,6 +7,7 @@
 
     MODELS.build("resnet20", num_classes=100)
     MODELS.list("resnet*")
+    MODELS.get("my_models:TinyNet")     # an object of a plug-in module, by path (see kdlab.plugins)
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import fnmatch
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from kdlab.errors import ConfigError
+from kdlab.plugins import is_object_path, resolve_object
 
 T = TypeVar("T")
 
@@ -39,9 +41,12 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> T:
+        if name not in self._entries and is_object_path(name):
+            return resolve_object(name, self.kind)
         if name not in self._entries:
             valid = ", ".join(sorted(self._entries)) or "(none)"
-            raise ConfigError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid}")
+            raise ConfigError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {valid} "
+                              f"(or module:Name of a plug-in)")
         return self._entries[name]
 
     def build(self, name: str, *args: Any, **kwargs: Any) -> Any:

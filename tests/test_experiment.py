@@ -9,7 +9,7 @@ from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import ConfigError, KdlabError
 from kdlab.runner.experiment import Experiment, _speed_key, experiment_lock
-from kdlab.runner.lab_cli import default_experiment_path, load_experiment_file
+from kdlab.runner.plan import default_experiment_path, load_experiment_file
 from kdlab.runner.plan import expand, validate
 
 SHIPPED = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")) + [default_experiment_path()]

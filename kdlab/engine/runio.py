@@ -1,15 +1,7 @@
-"""A run directory's files and console output, in one place.
+"""What a training run writes, and its console output, in one place.
 
-Only the main process (rank 0) writes anything, so multi-process training adds a rank here and nowhere else.
-Layout of a run directory::
-
-    config.yaml  meta.json          resolved config, kdlab version, git revision, environment
-    metrics.jsonl  metrics.csv      one row per epoch (rewritten from the checkpointed history on resume)
-    checkpoints/latest.json         pointer to the newest complete checkpoint (written last, atomically)
-    checkpoints/epoch-NNNN/         weights.safetensors (students + extra modules), state.pt (optimizer, RNG...)
-    model.safetensors               the trained student (last epoch); best.safetensors: the val-selected epoch
-    result.json                     final metrics; its presence marks the run finished
-    tensorboard/                    event files, when the optional `tensorboard` package is installed
+Only the main process (rank 0) writes anything, so multi-process training adds a rank here and nowhere else. The
+file names and layout are :class:`kdlab.rundir.RunDir`'s.
 """
 
 from __future__ import annotations
@@ -25,12 +17,15 @@ from typing import Any, Iterable
 import torch
 from tqdm import tqdm
 
-from kdlab.engine import checkpoint as ckpt
+from kdlab import files
+from kdlab.engine.checkpoint import load_state, save_state
+from kdlab.rundir import RunDir
 
 
 class RunIO:
     def __init__(self, run_dir: str | Path, rank: int = 0, progress: bool = True) -> None:
-        self.run_dir = Path(run_dir)
+        self.dir = RunDir(run_dir)
+        self.run_dir = self.dir.path
         self.rank = rank
         self.progress_enabled = progress
         self._tensorboard = None
@@ -55,13 +50,13 @@ class RunIO:
     def write_history(self, history: list[dict]) -> None:
         if not self.is_main:
             return
-        ckpt.write_text(self.run_dir / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+        files.write_text(self.dir.metrics, "".join(json.dumps(row) + "\n" for row in history))
         columns = list(dict.fromkeys(k for row in history for k in row))
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=columns)
         writer.writeheader()
         writer.writerows(history)
-        ckpt.write_text(self.run_dir / "metrics.csv", buf.getvalue())
+        files.write_text(self.dir.metrics_csv, buf.getvalue())
 
     def log_scalars(self, row: dict) -> None:
         """One epoch's numbers to TensorBoard, if it is installed (an optional extra); CSV is always written."""
@@ -73,46 +68,45 @@ class RunIO:
             except ImportError:
                 self._tensorboard = False
                 return
-            self._tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+            self._tensorboard = SummaryWriter(str(self.dir.tensorboard))
         if self._tensorboard:
             for key, value in row.items():
                 if key != "epoch" and isinstance(value, (int, float)):
                     self._tensorboard.add_scalar(key, value, row["epoch"])
             self._tensorboard.flush()
 
-    def write_json(self, name: str, data: Any) -> None:
+    def write_json(self, path: Path, data: Any) -> None:
+        """Write one of the run directory's JSON files (``self.dir.meta``, ``self.dir.result``...)."""
         if self.is_main:
-            ckpt.write_json(self.run_dir / name, data)
+            files.write_json(path, data)
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
         """Write epoch ``epoch``'s checkpoint, then point ``latest.json`` at it, then drop older ones."""
         if not self.is_main:
             return
-        name = f"epoch-{epoch:04d}"
-        target = self.checkpoint_dir / name
-        ckpt.save_weights(target / "weights.safetensors", weights, meta)
-        ckpt.save_state(target / "state.pt", state)
-        ckpt.write_json(self.checkpoint_dir / "latest.json", {"epoch": epoch, "dir": name})
-        for old in self.checkpoint_dir.glob("epoch-*"):
+        name = RunDir.epoch_name(epoch)
+        target = self.dir.checkpoints / name
+        files.save_weights(target / "weights.safetensors", weights, meta)
+        save_state(target / "state.pt", state)
+        files.write_json(self.dir.latest, {"epoch": epoch, "dir": name})
+        for old in self.dir.checkpoints.glob("epoch-*"):
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
         """The newest complete checkpoint (weights, state), or None for a fresh run."""
-        pointer = self.checkpoint_dir / "latest.json"
-        if not pointer.is_file():
+        if not self.dir.latest.is_file():
             return None
-        target = self.checkpoint_dir / json.loads(pointer.read_text())["dir"]
-        weights, _ = ckpt.load_weights(target / "weights.safetensors")
-        return weights, ckpt.load_state(target / "state.pt")
+        target = self.dir.checkpoints / json.loads(self.dir.latest.read_text())["dir"]
+        weights, _ = files.load_weights(target / "weights.safetensors")
+        return weights, load_state(target / "state.pt")
 
-    def save_weights(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
-        path = self.run_dir / name
+    def save_student(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
+        """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or ``<name>.safetensors``."""
+        return self.save_weights(self.dir.student_file(name), weights, meta)
+
+    def save_weights(self, path: Path, weights: dict[str, torch.Tensor], meta: dict) -> Path:
         if self.is_main:
-            ckpt.save_weights(path, weights, meta)
+            files.save_weights(path, weights, meta)
         return path

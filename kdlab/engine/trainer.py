@@ -124,7 +124,7 @@ class Trainer:
         if "val_top1" not in row or row["val_top1"] <= self.best["val_top1"]:
             return
         self.best = {"val_top1": row["val_top1"], "epoch": row["epoch"]}
-        self.io.save_weights("best.safetensors", self._student_state("student"),
+        self.io.save_weights(self.io.dir.best, self._student_state("student"),
                              {**self.opt.model_meta, "epoch": row["epoch"], "selected_by": "val_top1"})
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
@@ -163,8 +163,7 @@ class Trainer:
     # -- end of training ----------------------------------------------------------------------------------------------
     def _finish(self) -> dict:
         for name in self.objective.students():
-            filename = "model.safetensors" if name == "student" else f"{name}.safetensors"
-            self.io.save_weights(filename, self._student_state(name), {**self.opt.model_meta, "epoch": self.opt.epochs})
+            self.io.save_student(name, self._student_state(name), {**self.opt.model_meta, "epoch": self.opt.epochs})
         last = self.history[-1] if self.history else {}
         selected = dict(next((r for r in self.history if r["epoch"] == self.best["epoch"]), last))
         if "test_top1" not in selected and "test" in self.eval_loaders:
@@ -184,11 +183,11 @@ class Trainer:
 
     def _evaluate_selected(self) -> dict:
         """Test metrics of the val-selected weights, when the test split was not evaluated at every epoch."""
-        from kdlab.engine.checkpoint import load_weights
+        from kdlab.files import load_weights
 
         student = self.objective.students()["student"]
         current = {k: v.clone() for k, v in student.state_dict().items()}
-        student.load_state_dict(load_weights(self.io.run_dir / "best.safetensors")[0])
+        student.load_state_dict(load_weights(self.io.dir.best)[0])
         metrics = evaluate(student, self.eval_loaders["test"], self.opt.device, self.opt.bf16, self.opt.channels_last)
         student.load_state_dict(current)
         return {f"test_{k}": v for k, v in metrics.items()}

@@ -1,9 +1,11 @@
 """The model registry: ``create_model(name, num_classes=, in_channels=)``, ``list_models(pattern)``, stage names.
 
 Models know nothing of training or distillation: a model is a plain ``nn.Module`` whose ``forward`` returns logits.
-Each registered model sets ``model.stage_names``: the dotted module names of its stages, shallow to deep, so that
-feature-based methods can hook them (``model.get_submodule(name)``). ``torchvision:NAME`` and ``timm:NAME`` build
-models from those libraries when they are importable (see ``kdlab.models.external``).
+kdlab's own models set ``model.stage_names``: the dotted module names of their stages, shallow to deep, so that
+feature-based methods can hook them (``model.get_submodule(name)``); a user's model need not (feature methods then
+take layer names from ``method.student_layers`` / ``method.teacher_layers``). ``torchvision:NAME`` and ``timm:NAME``
+build models from those libraries when they are importable (see ``kdlab.models.external``); ``module:Name`` builds a
+plug-in's class or factory.
 """
 
 from __future__ import annotations
@@ -20,21 +22,33 @@ EXTERNAL_PREFIXES = ("torchvision:", "timm:")
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build a registered model (or ``torchvision:NAME`` / ``timm:NAME``) with a fresh initialization."""
+    """Build a registered model (or ``torchvision:NAME`` / ``timm:NAME`` / ``module:Name``), freshly initialized.
+
+    ``num_classes`` and ``in_channels`` are passed when the factory takes them (a plug-in class may take neither);
+    other keyword arguments must be the factory's own.
+    """
     if name.startswith(EXTERNAL_PREFIXES):
         from kdlab.models.external import create_external_model
 
         return create_external_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
     factory = MODELS.get(name)
-    accepted = inspect.signature(factory).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+    if not callable(factory):
+        raise ConfigError(f"model {name!r} is not a class or function")
+    try:
+        accepted = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: pass everything
+        accepted = {}
+    open_kwargs = not accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+    if not open_kwargs:
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:
             allowed = ", ".join(k for k in accepted if k not in ("num_classes", "in_channels")) or "(none)"
             raise ConfigError(f"model {name!r} has no option {unknown[0]!r}; its options: {allowed}")
-    model = factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    if not getattr(model, "stage_names", None):
-        raise TypeError(f"model {name!r} does not set stage_names")
+    data_args = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
+                 if open_kwargs or k in accepted}
+    model = factory(**data_args, **kwargs)
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model {name!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
 
 

@@ -16,7 +16,8 @@ import torch
 
 from kdlab.engine.device import resolve_device
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
-from kdlab.report.collect import Collected, ReportError, RunEval, TestData, collect, efficiency_by_label, read_manifest
+from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
+from kdlab.report.manifest import Manifest, ReportError
 from kdlab.report.efficiency import count_parameters, flops_per_image, latency_ms
 from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
                                 run_record)
@@ -35,7 +36,7 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     from kdlab.report.html import write_html
 
     exp_dir = Path(exp_dir)
-    manifest = read_manifest(exp_dir)
+    manifest = Manifest.read(exp_dir)
     collected = collect(manifest, TestData(manifest.dataset, resolve_device(device)), log)
     if not collected.runs:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.skipped) or "the manifest lists no runs"

@@ -6,14 +6,12 @@ confusion matrix all come from running the saved weights on the test split again
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor
 
 from kdlab.config import DataConfig, from_dict
@@ -21,83 +19,13 @@ from kdlab.data import BatchLoader, load_splits, make_loader
 from kdlab.engine.evaluate import classification_metrics, predict
 from kdlab.errors import KdlabError
 from kdlab.report.calibration import ReliabilityBins, reliability_bins
+from kdlab.rundir import RunDir
 from kdlab.report.evalcache import cache_key, read_cache, read_logits, write_cache
-from kdlab.runner.checkpoints import load_model
+from kdlab.models.saved import load_model
+from kdlab.report.manifest import ROLES, Manifest, ManifestRun
 
 Log = Callable[[str], None]
 ECE_BINS = 15
-ROLES = ("teacher", "baseline", "student")
-
-
-class ReportError(KdlabError):
-    """An experiment directory that cannot be reported on (no or malformed manifest)."""
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One run as the manifest lists it."""
-
-    key: str
-    role: str
-    teacher: str | None
-    student: str
-    method: str
-    seed: int
-    run_dir: Path  # where its files are; for a given checkpoint, where the report caches its predictions
-    model: str
-    path: str  # run_dir as the manifest gives it (relative to the experiment), or the given checkpoint
-    checkpoint: Path | None = None  # a teacher supplied as a finished checkpoint (not trained here)
-
-    @property
-    def model_path(self) -> Path:
-        return self.checkpoint or self.run_dir / "model.safetensors"
-
-    @property
-    def best_path(self) -> Path | None:
-        return None if self.checkpoint else self.run_dir / "best.safetensors"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    name: str
-    dataset: dict
-    seeds: list[int]
-    runs: list[RunSpec]
-
-
-def file_safe(text: str) -> str:
-    """``text`` with every character but letters, digits, ``-``, ``_`` and ``.`` replaced by ``_``."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
-def _run_spec(exp_dir: Path, row: dict) -> RunSpec:
-    common = {"key": str(row["key"]), "role": str(row["role"]), "teacher": row.get("teacher"),
-              "student": str(row["student"]), "method": str(row.get("method") or "ce"), "seed": int(row["seed"]),
-              "model": str(row.get("model") or "")}
-    if row.get("run_dir"):
-        return RunSpec(**common, run_dir=exp_dir / row["run_dir"], path=str(row["run_dir"]))
-    given = Path(str(row["checkpoint"])).expanduser()
-    if not given.is_absolute() and not given.exists():
-        given = exp_dir / given
-    cache_dir = exp_dir / "report" / "cache" / f"given-{file_safe(common['key'])}"
-    return RunSpec(**common, run_dir=cache_dir, path=str(given), checkpoint=given)
-
-
-def read_manifest(exp_dir: Path) -> Manifest:
-    path = exp_dir / "manifest.json"
-    if not path.is_file():
-        raise ReportError(f"no manifest.json in {exp_dir}: not an experiment directory")
-    try:
-        data = json.loads(path.read_text())
-        runs = [_run_spec(exp_dir, r) for r in data["runs"]]
-        manifest = Manifest(str(data.get("name") or exp_dir.name), dict(data["dataset"]),
-                            [int(s) for s in data.get("seeds", [])], runs)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ReportError(f"{path}: malformed manifest ({type(exc).__name__}: {exc})") from None
-    for run in runs:
-        if run.role not in ROLES:
-            raise ReportError(f"{path}: run {run.key!r} has role {run.role!r}; expected one of {', '.join(ROLES)}")
-    return manifest
 
 
 # The settings that decide what the test images are; the others (batch sizes, augmentation...) change no logit.
@@ -134,7 +62,7 @@ class TestData:
 class RunEval:
     """A finished run and what was computed from its checkpoints."""
 
-    spec: RunSpec
+    spec: ManifestRun
     result: dict
     history: list[dict]
     last: dict  # top1, top5, nll, ece, bins (from model.safetensors)
@@ -176,14 +104,7 @@ def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def _read_history(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _compute(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
+def _compute(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
     """Evaluate the last and the val-selected weights of a run on the test split."""
     log(f"evaluating {spec.key} ({spec.model_path.parent.name}) on the test split")
     model, meta = load_model(spec.model_path, data.device)
@@ -208,7 +129,7 @@ def _compute(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple[dic
     return metrics, tensors
 
 
-def evaluate_run(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple[RunEval, dict[str, Tensor]]:
+def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple[RunEval, dict[str, Tensor]]:
     """A run's metrics (from its cache when the checkpoints are unchanged) and its test logits."""
     key = cache_key(spec.model_path, spec.best_path, data.identity)
     cached = read_cache(spec.run_dir, key)
@@ -218,7 +139,7 @@ def evaluate_run(spec: RunSpec, result: dict, data: TestData, log: Log) -> tuple
         metrics, tensors = _compute(spec, result, data, log)
         write_cache(spec.run_dir, key, metrics, tensors)
     logits, labels = tensors["last"], tensors["labels"]
-    run = RunEval(spec=spec, result=result, history=_read_history(spec.run_dir), last=metrics["last"],
+    run = RunEval(spec=spec, result=result, history=spec.files.read_history(), last=metrics["last"],
                   selected=metrics["selected"], input_shape=list(metrics["input_shape"]),
                   class_names=list(metrics["class_names"]),
                   confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=cached is not None,
@@ -234,34 +155,29 @@ class Collected:
     notes: list[str]
 
 
-def _finished(spec: RunSpec) -> tuple[dict | None, str | None]:
+def _finished(spec: ManifestRun) -> tuple[dict | None, str | None]:
     """(result.json, None) for a finished run, else (None, why it is skipped)."""
     if spec.checkpoint is not None:  # a given teacher: nothing was trained here
         return ({}, None) if spec.checkpoint.is_file() else (None, f"given checkpoint not found: {spec.checkpoint}")
-    result_path = spec.run_dir / "result.json"
-    if not result_path.is_file():
+    files = spec.files
+    if not files.finished():
         return None, "unfinished (no result.json)"
-    if not (spec.run_dir / "model.safetensors").is_file():
+    if not files.model.is_file():
         return None, "no model.safetensors"
-    try:
-        return json.loads(result_path.read_text()), None
-    except ValueError:
-        return None, "unreadable result.json"
+    result = files.read_result()
+    return (result, None) if result is not None else (None, "unreadable result.json")
 
 
 def _configured_teacher(run_dir: Path) -> Path | None:
     """The checkpoint a run was distilled from, as its config.yaml names it."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    teacher = (yaml.safe_load(path.read_text()) or {}).get("teacher")
+    teacher = (RunDir(run_dir).read_config() or {}).get("teacher")
     if not teacher:
         return None
     teacher_path = Path(teacher)
-    return teacher_path if teacher_path.suffix == ".safetensors" else teacher_path / "model.safetensors"
+    return teacher_path if teacher_path.suffix == ".safetensors" else RunDir(teacher_path).model
 
 
-def match_teacher(student: RunSpec, teachers: list[RunSpec]) -> RunSpec | None:
+def match_teacher(student: ManifestRun, teachers: list[ManifestRun]) -> ManifestRun | None:
     """The teacher run a student was distilled from: the checkpoint its config names (by path, then by folder and
     file name, in case the experiment was moved), else the teacher run of the same label and seed, else of the lowest
     seed."""
@@ -284,7 +200,7 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
     skipped: list[dict] = []
     notes: list[str] = []
     teacher_logits: dict[str, Tensor] = {}
-    finished_teachers: list[RunSpec] = []
+    finished_teachers: list[ManifestRun] = []
     for spec in order:
         result, reason = _finished(spec)
         if result is None:

@@ -21,7 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from kdlab.engine.checkpoint import atomic_write, write_json
+from kdlab.files import atomic_write, write_json
 
 CACHE_VERSION = 1
 CACHE_JSON = "eval_cache.json"

@@ -12,7 +12,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdlab.report.collect import ROLES, RunEval, file_safe
+from kdlab.report.collect import RunEval
+from kdlab.report.manifest import ROLES, file_safe
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 

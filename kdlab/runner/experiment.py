@@ -7,7 +7,6 @@ or Ctrl-C picks up where it stopped. A lock file keeps two invocations from work
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import sys
 import time
@@ -19,11 +18,12 @@ import yaml
 
 from kdlab.config import to_dict
 from kdlab.data import load_splits
-from kdlab.engine import checkpoint as ckpt
+from kdlab import files
 from kdlab.engine.device import resolve_device, use_bf16
 from kdlab.errors import KdlabError
 from kdlab.runner import single
-from kdlab.runner.checkpoints import load_model
+from kdlab.models.saved import load_model
+from kdlab.report.manifest import Manifest
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
 
@@ -77,7 +77,7 @@ class Experiment:
                        "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
                        "teacher_cache": self.stats.as_dict()}
             if self.trained_seconds:  # a run that only loaded finished runs keeps the summary of the one that trained
-                ckpt.write_json(self.dir / "summary.json", summary)
+                files.write_json(self.dir / "summary.json", summary)
             self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
                      f"{self.stats.reused_batches} saved by sharing teacher outputs")
             return summary
@@ -147,16 +147,14 @@ class Experiment:
         return 0.0
 
     def _write_manifest(self, plan: list[RunSpec]) -> None:
-        ckpt.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
-        manifest = {"name": self.exp.name, "dataset": to_dict(self.exp.dataset), "seeds": list(self.exp.seeds),
-                    "runs": [spec.manifest_row(self.dir) for spec in plan]}
-        ckpt.write_text(self.dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        files.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
+        Manifest(self.exp.name, to_dict(self.exp.dataset), list(self.exp.seeds),
+                 [spec.manifest_run() for spec in plan]).write(self.dir)
 
 
 def _trained_now(spec: RunSpec, epochs_before: int) -> float:
     """Seconds spent in training loops by this invocation (the epochs done before it resumed are not counted)."""
-    rows = [json.loads(line) for line in (spec.run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    return sum(r.get("train_time_s", 0.0) for r in rows[epochs_before:])
+    return sum(r.get("train_time_s", 0.0) for r in spec.files.read_history()[epochs_before:])
 
 
 def _describe(spec: RunSpec) -> str:
@@ -172,12 +170,8 @@ def _speed_key(spec: RunSpec) -> tuple:
 
 
 def _epochs_done(spec: RunSpec) -> int:
-    pointer = spec.run_dir / "checkpoints" / "latest.json"
-    return int(json.loads(pointer.read_text())["epoch"]) if pointer.is_file() else 0
+    return spec.files.epochs_done()
 
 
 def _state(spec: RunSpec) -> str:
-    if (spec.run_dir / "result.json").is_file():
-        return "done"
-    done = _epochs_done(spec)
-    return f"resuming after epoch {done}/{spec.cfg.epochs}" if done else "training"
+    return spec.files.describe_state(spec.cfg.epochs)

@@ -22,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Literal, Optional
 
-from kdlab.config import DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, from_dict, to_dict
+from kdlab.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, apply_overrides, from_dict,
+                          load_yaml, to_dict)
 from kdlab.errors import ConfigError
-from kdlab.runner.checkpoints import checkpoint_file
+from kdlab.report.manifest import ManifestRun
+from kdlab.rundir import RunDir, weights_file
 
 
 @dataclass
@@ -112,14 +115,18 @@ class RunSpec:
         return Path(self.cfg.out_dir) / str(self.cfg.name)
 
     @property
-    def checkpoint(self) -> str:
-        return self.given_checkpoint or str(self.run_dir / "model.safetensors")
+    def files(self) -> RunDir:
+        return RunDir(self.run_dir)
 
-    def manifest_row(self, exp_dir: Path) -> dict:
-        return {"key": self.key, "role": self.role, "teacher": self.teacher, "student": self.student,
-                "method": self.method, "seed": self.seed, "model": self.cfg.model.name,
-                "run_dir": str(self.run_dir.relative_to(exp_dir)) if not self.given_checkpoint else None,
-                "checkpoint": self.given_checkpoint}
+    @property
+    def checkpoint(self) -> str:
+        return self.given_checkpoint or str(self.files.model)
+
+    def manifest_run(self) -> ManifestRun:
+        given = Path(self.given_checkpoint) if self.given_checkpoint else None
+        return ManifestRun(key=self.key, role=self.role, teacher=self.teacher, student=self.student,
+                           method=self.method, seed=self.seed, run_dir=self.run_dir, model=self.cfg.model.name,
+                           path=str(given or self.run_dir), checkpoint=given)
 
 
 def _check_labels(entries: list, what: str) -> None:
@@ -131,7 +138,7 @@ def _check_labels(entries: list, what: str) -> None:
 
 def validate(exp: ExperimentConfig) -> None:
     """Names, hyperparameters and labels, checked before any data is read."""
-    from kdlab.cli import validate_train_config
+    from kdlab.runner.single import validate_train_config
 
     if not exp.students:
         raise ConfigError("experiment: 'students' is empty")
@@ -187,7 +194,7 @@ def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
 
 def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) -> RunSpec:
     cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
-    given = str(checkpoint_file(entry.checkpoint)) if entry.checkpoint else None  # as on the command line
+    given = str(weights_file(entry.checkpoint)) if entry.checkpoint else None  # as on the command line
     spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=given)
     if given:
         path = Path(given)
@@ -217,5 +224,19 @@ def expand(exp: ExperimentConfig, data_fingerprint: str) -> list[RunSpec]:
     return plan
 
 
+DEFAULT_EXPERIMENT = "fmnist_demo.yaml"
+
+
+def default_experiment_path() -> Path:
+    """The embedded default experiment (``kdlab run`` without a file, ``make demo``)."""
+    return Path(str(resources.files("kdlab") / "configs" / DEFAULT_EXPERIMENT))
+
+
 def load_experiment(tree: dict) -> ExperimentConfig:
     return from_dict(ExperimentConfig, tree)
+
+
+def load_experiment_file(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment from a YAML file (default: the embedded one) and ``key=value`` overrides."""
+    tree = load_yaml(path or default_experiment_path())
+    return load_experiment(apply_overrides(tree, list(overrides or [])))

@@ -20,16 +20,30 @@ import yaml
 import kdlab
 from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
 from kdlab.data import Splits, load_splits, make_loader
-from kdlab.engine import checkpoint as ckpt
+from kdlab import files
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, Trainer, TeacherLogits
 from kdlab.errors import ConfigError
 from kdlab.methods import build_method
-from kdlab.runner.checkpoints import load_model, model_meta
 from kdlab.models import create_model
+from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
+
+
+def validate_train_config(cfg: TrainConfig) -> None:
+    """Check names and method hyperparameters before any data is loaded (fail fast, one line)."""
+    from kdlab.data import DATASETS
+    from kdlab.methods import method_params_cls
+    from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS
+
+    if not cfg.model.name.startswith(EXTERNAL_PREFIXES):
+        MODELS.get(cfg.model.name)
+    DATASETS.get(cfg.dataset.name)
+    from_dict(method_params_cls(cfg.method.name), cfg.method.params, prefix="method.")
+    if cfg.epochs < 1:
+        raise ConfigError("config key 'epochs': must be at least 1")
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -117,10 +131,10 @@ def run(cfg: TrainConfig, splits: Splits | None = None,
         provider = teacher_cache(train_loader.stream_key)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     allocator = tune_cpu_allocator() if device.type == "cpu" else None
-    io.write_json("meta.json", {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
+    io.write_json(io.dir.meta, {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
                                 "bf16": bf16, "cpu_allocator": allocator})
-    ckpt.write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, cfg.dataset)
+    files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), precision=cfg.precision)
     options = EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
                             channels_last=cfg.channels_last, compile=cfg.compile,
                             eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta)
@@ -130,7 +144,7 @@ def run(cfg: TrainConfig, splits: Splits | None = None,
     result = Trainer(objective, train_loader, eval_loaders, options, io, teacher_logits=provider).fit()
     if provider is not None:
         provider.flush()
-    io.write_json("result.json", result)
+    io.write_json(io.dir.result, result)
     return result
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.engine.checkpoint import load_weights, save_weights
+from kdlab.files import load_weights, save_weights
 from kdlab.engine.device import autocast
 
 

@@ -1,0 +1,143 @@
+"""The run directory: where each file of a run lives and what those files say about the run's state.
+
+One owner for the layout: the engine and the runner write through these names; the experiment runner, the report and
+``kdlab eval`` read through them::
+
+    config.yaml                  the resolved config
+    identity.json                what else decides the result: plug-in sources, data, teacher and initial weights
+    meta.json                    kdlab version, git revision, environment, imported plug-ins
+    metrics.jsonl  metrics.csv   one row per epoch (rewritten from the checkpointed history on resume)
+    checkpoints/latest.json      pointer to the newest complete checkpoint (written last, atomically)
+    checkpoints/epoch-NNNN/      weights.safetensors (students + extra modules), state.pt (optimizer, RNG...)
+    model.safetensors            the trained student (last epoch); best.safetensors: the val-selected epoch
+    <name>.safetensors           further students of a method that trains several (dml: student2...)
+    result.json                  final metrics; its presence marks the run finished
+    tensorboard/                 event files, when the optional ``tensorboard`` package is installed
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.safetensors"
+
+
+def weights_file(path: str | Path) -> Path:
+    """The weights file ``path`` names: a run directory means its ``model.safetensors``."""
+    path = Path(path)
+    return path / MODEL_FILE if path.is_dir() else path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __init__(self, path: str | Path) -> None:
+        object.__setattr__(self, "path", Path(path))
+
+    # -- file names ---------------------------------------------------------------------------------------------------
+    @property
+    def config(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def identity(self) -> Path:
+        return self.path / "identity.json"
+
+    @property
+    def meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def metrics_csv(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def result(self) -> Path:
+        return self.path / "result.json"
+
+    @property
+    def model(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def best(self) -> Path:
+        return self.path / "best.safetensors"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / "latest.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / "tensorboard"
+
+    def student_file(self, name: str) -> Path:
+        """Where the student called ``name`` is saved: ``student`` is model.safetensors, others ``<name>.safetensors``."""
+        return self.model if name == "student" else self.path / f"{name}.safetensors"
+
+    @staticmethod
+    def epoch_name(epoch: int) -> str:
+        return f"epoch-{epoch:04d}"
+
+    # -- state --------------------------------------------------------------------------------------------------------
+    def finished(self) -> bool:
+        return self.result.is_file()
+
+    def epochs_done(self) -> int:
+        """Epochs of the newest complete checkpoint (0 when there is none or its pointer is unreadable)."""
+        pointer = _read_json(self.latest)
+        try:
+            return int(pointer["epoch"]) if isinstance(pointer, dict) else 0
+        except (KeyError, TypeError, ValueError):
+            return 0
+
+    def describe_state(self, epochs: int) -> str:
+        """``done``, ``resuming after epoch N/E`` or ``training``."""
+        if self.finished():
+            return "done"
+        done = self.epochs_done()
+        return f"resuming after epoch {done}/{epochs}" if done else "training"
+
+    def read_result(self) -> dict | None:
+        data = _read_json(self.result)
+        return data if isinstance(data, dict) else None
+
+    def read_history(self) -> list[dict]:
+        if not self.metrics.is_file():
+            return []
+        rows = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:  # a torn last line of a killed run: the checkpointed history rewrites it on resume
+                break
+        return rows
+
+    def read_config(self) -> dict | None:
+        if not self.config.is_file():
+            return None
+        import yaml
+
+        try:
+            data = yaml.safe_load(self.config.read_text())
+        except yaml.YAMLError:
+            return None
+        return data if isinstance(data, dict) else None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
