@@ -6,7 +6,7 @@ seed), this measures images/second of four workloads, all through kdlab's own co
 
     student_img_s    the student trained alone: build_method("ce") + SGD + kdlab.engine.trainer.train_step
     teacher_img_s    the teacher's inference alone: eval(), no_grad, kdlab's autocast, channels_last as configured
-    online_kd_img_s  build_method("kd") with teacher_logits=None: the teacher runs inside every training step
+    online_kd_img_s  build_method("kd") with no given teacher logits: the teacher runs inside every training step
     shared_kd_img_s  build_method("kd") with precomputed teacher logits (stored fp16, one tensor per batch)
 
 and two ratios:
@@ -46,6 +46,7 @@ try:
 except ImportError:  # run from a checkout without the package installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from kdlab.batch import Batch  # noqa: E402
 from kdlab.config import OptimConfig  # noqa: E402
 from kdlab.engine.device import autocast, resolve_device, use_bf16  # noqa: E402
 from kdlab.engine.host import tune_cpu_allocator  # noqa: E402
@@ -170,7 +171,7 @@ def _trainer_input(images: torch.Tensor, opt: EngineOptions) -> torch.Tensor:
 def training_workload(key: str, method: str, student: torch.nn.Module, teacher: torch.nn.Module | None,
                       batches: list, opt: EngineOptions, total_steps: int,
                       stored_logits: list[torch.Tensor] | None = None) -> tuple[Workload, dict]:
-    """A training step exactly as the Trainer runs it: objective set up as in Trainer.__init__, then train_step."""
+    """A training step exactly as the Trainer runs it: method set up as in Trainer.__init__, then train_step."""
     objective = build_method(method, {}, student, teacher)
     memory_format = torch.channels_last if opt.channels_last else torch.contiguous_format
     objective.to(device=opt.device, memory_format=memory_format)
@@ -183,10 +184,10 @@ def training_workload(key: str, method: str, student: torch.nn.Module, teacher: 
 
     def step(i: int) -> None:
         images, labels = batches[i % len(batches)]
-        images = _trainer_input(images, opt)
-        # the trainer's teacher_logits callback hands train_step a stored tensor; the method converts it (.float())
+        # the trainer's teacher cache puts a stored tensor in the batch; the method converts it (.float())
         given = stored_logits[i % len(batches)].to(opt.device, non_blocking=True) if stored_logits else None
-        out, loss, _ = train_step(step_fn, optimizer, images, labels, given, opt, objective.trainable_parameters)
+        batch = Batch(_trainer_input(images, opt), labels, teacher_logits=given)
+        out, loss, _ = train_step(step_fn, optimizer, batch, opt, objective.trainable_parameters)
         scheduler.step()
         last["loss"] = loss.detach()
 

@@ -30,7 +30,7 @@ def normalized(images: torch.Tensor, info: DatasetInfo) -> torch.Tensor:
 
 
 def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(x.clone(), y.clone()) for x, y in loader]
+    return [(b.images.clone(), b.labels.clone()) for b in loader]
 
 
 def same(a, b) -> bool:
@@ -72,7 +72,8 @@ def test_train_batches_follow_the_epoch_draws():
     loader.set_epoch(3)
     order, offsets, flips = loader.epoch_draws()
     assert sorted(order.tolist()) == list(range(50)) and offsets.max() <= 4 and flips.dtype == torch.bool
-    x, y = next(iter(loader))
+    first = next(iter(loader))
+    x, y = first.images, first.labels
     idx = order[:16]
     expected = normalized(crop_flip(split.images[idx], offsets[:16], flips[:16], 2), INFO3)
     assert torch.allclose(x, expected, atol=1e-5) and torch.equal(y, split.labels[idx])
@@ -109,7 +110,8 @@ def test_augmentation_changes_images_but_keeps_shape():
     split = toy_set()
     plain = make_loader(split, INFO3, DataConfig(batch_size=16, augment=False), train=True, device=CPU, seed=0)
     aug = make_loader(split, INFO3, DataConfig(batch_size=16), train=True, device=CPU, seed=0)
-    (xp, yp), (xa, ya) = next(iter(plain)), next(iter(aug))
+    bp, ba = next(iter(plain)), next(iter(aug))
+    (xp, yp), (xa, ya) = (bp.images, bp.labels), (ba.images, ba.labels)
     assert xp.shape == xa.shape == (16, 3, 8, 8) and torch.equal(yp, ya)  # same order: same seed and epoch
     assert not torch.equal(xp, xa)
     assert torch.allclose(xp, normalized(split.images[plain.epoch_draws()[0][:16]], INFO3), atol=1e-5)
@@ -121,7 +123,7 @@ def test_flip_setting():
     no_flip = make_loader(split, INFO3, DataConfig(flip=False), train=True, device=CPU)
     assert no_flip.epoch_draws()[2] is None and no_flip.epoch_draws()[1] is not None
     only_flip = make_loader(split, INFO3, DataConfig(crop_padding=0), train=True, device=CPU)
-    x, _ = next(iter(only_flip))
+    x = next(iter(only_flip)).images
     order, _, flips = only_flip.epoch_draws()
     expected = normalized(split.images[order[: len(x)]], INFO3)
     expected[flips[: len(x)]] = expected[flips[: len(x)]].flip(-1)
@@ -143,9 +145,9 @@ def test_eval_loader_keeps_every_sample_in_order():
 def test_train_loader_drops_the_last_incomplete_batch_only_when_there_are_several():
     cfg = DataConfig(batch_size=16)
     loader = make_loader(toy_set(n=50), INFO3, cfg, train=True, device=CPU)
-    assert len(loader) == 3 and [len(y) for _, y in loader] == [16, 16, 16]
+    assert len(loader) == 3 and [len(b) for b in loader] == [16, 16, 16]
     small = make_loader(toy_set(n=10), INFO3, cfg, train=True, device=CPU)
-    assert len(small) == 1 and [len(y) for _, y in small] == [10]
+    assert len(small) == 1 and [len(b) for b in small] == [10]
     empty = make_loader(toy_set(n=0), INFO3, cfg, train=False, device=CPU)
     assert len(empty) == 0 and batches(empty) == []
 
@@ -153,12 +155,12 @@ def test_train_loader_drops_the_last_incomplete_batch_only_when_there_are_severa
 def test_upsampling_to_a_larger_image_size():
     split = toy_set(n=20)
     loader = make_loader(split, INFO3, DataConfig(image_size=32, eval_batch_size=20), train=False, device=CPU)
-    x, _ = next(iter(loader))
+    x = next(iter(loader)).images
     assert x.shape == (20, 3, 32, 32)
     expected = F.interpolate(normalized(split.images, INFO3), size=(32, 32), mode="bilinear", align_corners=False)
     assert torch.allclose(x, expected, atol=1e-4)
     train = make_loader(split, INFO3, DataConfig(image_size=32, batch_size=8), train=True, device=CPU)
-    assert next(iter(train))[0].shape == (8, 3, 32, 32) and train.stream_key != make_loader(
+    assert next(iter(train)).images.shape == (8, 3, 32, 32) and train.stream_key != make_loader(
         split, INFO3, DataConfig(batch_size=8), train=True, device=CPU).stream_key
 
 
@@ -166,7 +168,7 @@ def test_imagenet_normalization_for_grayscale(tmp_path):
     fd.make_fashion_mnist(tmp_path, n_train=20, n_test=10)
     splits = load_splits(DataConfig(root=str(tmp_path), val_ratio=0.0))
     cfg = DataConfig(normalize="imagenet", eval_batch_size=10)
-    x, _ = next(iter(make_loader(splits.test, splits.info, cfg, train=False, device=CPU)))
+    x = next(iter(make_loader(splits.test, splits.info, cfg, train=False, device=CPU))).images
     mean, std = (0.485 + 0.456 + 0.406) / 3, (0.229 + 0.224 + 0.225) / 3
     expected = (splits.test.images.float() / 255 - mean) / std
     assert x.shape == (10, 1, 28, 28) and torch.allclose(x, expected, atol=1e-5)
@@ -244,3 +246,18 @@ def test_device_views_match_cpu():
     assert all(x.is_cuda for x, _ in gpu)
     for (x, y), (u, v) in zip(cpu, gpu):
         assert torch.equal(y, v.cpu()) and torch.allclose(x, u.cpu(), atol=1e-4)
+
+
+def test_batches_carry_each_samples_index_in_the_split():
+    split, cfg = toy_set(), DataConfig(batch_size=16)
+    for train in (True, False):
+        loader = make_loader(split, INFO3, cfg, train=train, device=CPU, seed=3)
+        loader.set_epoch(1)
+        seen = []
+        for batch in loader:
+            assert torch.equal(batch.labels, split.labels[batch.index])
+            seen.append(batch.index)
+        seen = torch.cat(seen)
+        assert len(set(seen.tolist())) == len(seen)  # no sample twice within an epoch
+        if not train:
+            assert torch.equal(seen, torch.arange(len(split)))

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from fixtures_methods import make_data, make_student, make_student_other_shapes, make_teacher
+from kdlab.batch import Batch
 from kdlab.config import from_dict
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, build_method, method_params_cls, parse_method_params
@@ -76,14 +77,14 @@ def test_missing_stage_names_is_a_config_error():
         build_method("at", {}, plain, make_teacher())
     method = build_method("at", {"student_layers": ["1"], "teacher_layers": ["body.2"]}, plain, make_teacher())
     images, labels = make_data(4)
-    assert torch.isfinite(method(images, labels)["loss_at"])
+    assert torch.isfinite(method(Batch(images, labels))["loss_at"])
 
 
 def test_feature_method_must_be_prepared():
     method = build_method("fitnets", {}, make_student(), make_teacher())
     images, labels = make_data(4)
     with pytest.raises(RuntimeError, match="prepare"):
-        method(images, labels)
+        method(Batch(images, labels))
 
 
 def test_prepare_does_not_touch_batchnorm_statistics():
@@ -110,7 +111,7 @@ def test_composite_shares_one_forward_pass_and_counts_ce_once():
     method.prepare(images)
     method.eval()
     s_calls, t_calls = count_calls(student), count_calls(teacher)
-    out = method(images, labels)
+    out = method(Batch(images, labels))
     assert s_calls == [1] and t_calls == [1]
     assert set(out) == {"logits", "loss_ce", "loss_kd", "loss_hint", "loss_at"}
     z_s, z_t = student(images), teacher(images)
@@ -119,7 +120,7 @@ def test_composite_shares_one_forward_pass_and_counts_ce_once():
     alone = build_method("fitnets", {}, student, teacher)
     alone.prepare(images)
     alone.regressors.load_state_dict(method.parts["fitnets"].regressors.state_dict())
-    torch.testing.assert_close(out["loss_hint"], 0.5 * alone.eval()(images, labels)["loss_hint"])
+    torch.testing.assert_close(out["loss_hint"], 0.5 * alone.eval()(Batch(images, labels))["loss_hint"])
 
 
 def test_composite_registers_extras_and_ce_weight():
@@ -132,7 +133,7 @@ def test_composite_registers_extras_and_ce_weight():
     assert any(k.startswith("extras.fitnets.") for k in method.trainable_state_dict())
     assert not any(k.startswith(("teacher.", "parts.")) for k in method.trainable_state_dict())
     assert method.ce_weight() == 1.0
-    assert method.teacher_features() == ["body.1"] and method.student_layers() == ["body.1"]
+    assert method.teacher_layers() == ["body.1"] and method.student_layers() == ["body.1"]
 
 
 # -- hooks ------------------------------------------------------------------------------------------------------------

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from fixtures_methods import make_student, make_teacher
+from kdlab.batch import Batch
 from kdlab.methods import build_method
 from kdlab.methods.at import at_loss, attention_map
 from kdlab.methods.byot import byot_head_loss
-from kdlab.methods.compose import Context
+from kdlab.methods.base import Context
 from kdlab.methods.dist import dist_loss
 from kdlab.methods.dkd import dkd_loss
 from kdlab.methods.dml import dml_loss
@@ -56,7 +57,7 @@ def test_kd_method_weights_soft_term_by_alpha():
     teacher, student = make_teacher(), make_student()
     method = build_method("kd", {"T": 2.0, "alpha": 0.75}, student, teacher).eval()
     images, labels = torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3])
-    out = method(images, labels)
+    out = method(Batch(images, labels))
     z_s, z_t = student(images), teacher(images)
     torch.testing.assert_close(out["loss_kd"], 0.75 * kd_loss(z_s, z_t, 2.0))
     torch.testing.assert_close(out["loss_ce"], 0.25 * torch.nn.functional.cross_entropy(z_s, labels))
@@ -93,7 +94,7 @@ def test_at_method_sums_stages_times_beta():
     g = torch.Generator().manual_seed(0)
     feats = {n: torch.randn(2, 3, 4, 4, generator=g) for n in student.stage_names}
     t_feats = {n: torch.randn(2, 5, 8, 8, generator=g) for n in teacher.stage_names}
-    ctx = Context(labels=torch.zeros(2, dtype=torch.long), logits=torch.zeros(2, 4), features=feats,
+    ctx = Context(batch=Batch(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)), logits=torch.zeros(2, 4), features=feats,
                   teacher_features=t_feats)
     expected = 10.0 * sum(at_loss(feats[n], t_feats[n]) for n in student.stage_names)  # same names on both tiny nets
     torch.testing.assert_close(method.losses(ctx)["loss_at"], expected)

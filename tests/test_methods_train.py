@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fixtures_methods import (RaisingTeacher, make_data, make_student, make_student_other_shapes, train_teacher)
+from kdlab.batch import Batch
 from kdlab.methods import METHODS, build_method
 
 COMPOSITES = ["kd+fitnets", "kd+at", "at+kd_features"]
@@ -51,7 +52,7 @@ def test_method_trains(name, student_kind, teacher):
     assert not teacher.training
     losses = []
     for step in range(20):
-        out = method(images, labels)
+        out = method(Batch(images, labels))
         loss = total(out)
         opt.zero_grad()
         loss.backward()
@@ -89,7 +90,7 @@ def test_losses_are_fp32_under_bf16_autocast(name, teacher):
     images, labels = make_data(8)
     method.prepare(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = method(images, labels)
+        out = method(Batch(images, labels))
     for key, value in out.items():
         if key.startswith("loss_"):
             assert value.dtype == torch.float32 and value.dim() == 0, key
@@ -101,13 +102,13 @@ def test_precomputed_teacher_logits_replace_the_teacher(teacher):
     checked = []
     for name in METHODS.list():
         live = build_method(name, {}, make_student(), teacher)
-        if not live.needs_teacher or live.teacher_features():
+        if not live.needs_teacher or live.teacher_layers():
             continue
         live.eval()
         offline = build_method(name, {}, live.student, RaisingTeacher())
         offline.eval()
-        expected = {k: v for k, v in live(images, labels).items() if k.startswith("loss_")}
-        got = {k: v for k, v in offline(images, labels, teacher_logits=given).items() if k.startswith("loss_")}
+        expected = {k: v for k, v in live(Batch(images, labels)).items() if k.startswith("loss_")}
+        got = {k: v for k, v in offline(Batch(images, labels, teacher_logits=given)).items() if k.startswith("loss_")}
         assert expected.keys() == got.keys()
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], msg=f"{name}: {key}")

@@ -19,6 +19,7 @@ from typing import Iterator, Optional
 
 import torch
 
+from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import AugmentPlan, normalization
 from kdlab.data.imagefolder import checked, path_loader
@@ -41,7 +42,8 @@ def _use_memory(split: ImageSet, cfg: DataConfig) -> bool:
 
 
 class BatchLoader:
-    """Iterates ``(images, labels)`` batches on ``device``: float32 normalized ``[B, C, H', W']`` and int64 ``[B]``.
+    """Iterates :class:`~kdlab.batch.Batch` records on ``device``: float32 normalized images ``[B, C, H', W']``,
+    int64 labels ``[B]`` and the samples' indices in the split.
 
     Train loaders shuffle, augment and drop the last incomplete batch (when there is more than one batch); eval
     loaders keep every sample, in order, unaugmented. Call :meth:`set_epoch` before each epoch.
@@ -101,7 +103,7 @@ class BatchLoader:
         offsets, flips = self.plan.draw(len(self.split), gen)
         return order, offsets, flips
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Batch]:
         order, offsets, flips = self.epoch_draws()
         if self.in_memory:
             return self._iter_memory(order, offsets, flips)
@@ -113,20 +115,21 @@ class BatchLoader:
             yield slice(i * b, min((i + 1) * b, n))
 
     def _iter_memory(self, order: Optional[torch.Tensor], offsets: Optional[torch.Tensor],
-                     flips: Optional[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     flips: Optional[torch.Tensor]) -> Iterator[Batch]:
         assert self._images is not None
         # One small transfer per epoch; batches then slice device tensors without host round trips.
         order, offsets, flips = (t.to(self.device) if t is not None else None for t in (order, offsets, flips))
         for sl in self._batch_slices():
             if order is None:
+                idx = torch.arange(sl.start, sl.stop, device=self.device)
                 images, labels = self._images[sl], self._labels[sl]
             else:
                 idx = order[sl]
                 images, labels = self._images.index_select(0, idx), self._labels.index_select(0, idx)
-            yield self.plan.apply(images, _part(offsets, sl), _part(flips, sl)), labels
+            yield Batch(self.plan.apply(images, _part(offsets, sl), _part(flips, sl)), labels, index=idx)
 
     def _iter_disk(self, order: Optional[torch.Tensor], offsets: Optional[torch.Tensor],
-                   flips: Optional[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                   flips: Optional[torch.Tensor]) -> Iterator[Batch]:
         assert self.split.paths is not None and self.split.decode_size is not None
         if order is None:
             order = torch.arange(len(self.split))
@@ -136,9 +139,10 @@ class BatchLoader:
                              pin_memory=self.device.type == "cuda")
         for sl, batch in zip(slices, loader):
             images = checked(batch).to(self.device, non_blocking=True)
-            labels = self._labels.index_select(0, order[sl].to(self.device))
+            idx = order[sl].to(self.device)
+            labels = self._labels.index_select(0, idx)
             offs, flips_part = _to(_part(offsets, sl), self.device), _to(_part(flips, sl), self.device)
-            yield self.plan.apply(images, offs, flips_part), labels
+            yield Batch(self.plan.apply(images, offs, flips_part), labels, index=idx)
 
 
 def _part(t: Optional[torch.Tensor], sl: slice) -> Optional[torch.Tensor]:

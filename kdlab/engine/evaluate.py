@@ -19,14 +19,13 @@ def predict(model: nn.Module, loader, device: torch.device, bf16: bool = False,
     model.eval()
     logits, labels, seen = [], [], 0
     start = time.perf_counter()
-    for images, targets in loader:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+    for batch in loader:
+        images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
         with autocast(device, bf16):
             out = model(images)
         logits.append(out.float())
-        labels.append(targets)
-        seen += len(targets)
+        labels.append(batch.labels)
+        seen += len(batch)
     elapsed = time.perf_counter() - start
     model.train(was_training)
     if not logits:

@@ -1,6 +1,6 @@
-"""One training loop for every objective.
+"""One training loop for every method.
 
-The objective is any module whose ``forward(images, labels, teacher_logits=None)`` returns ``{"logits": ...,
+The method is any module whose ``forward(batch)`` takes a :class:`kdlab.batch.Batch` and returns ``{"logits": ...,
 "loss_<part>": ...}`` and which offers ``students()``, ``extra_modules()``, ``trainable_parameters()``,
 ``trainable_state_dict()`` / ``load_trainable_state_dict()`` and ``on_epoch_start()`` (see
 ``kdlab.methods.base.Method``). The loop sums the ``loss_*`` parts and logs each; it has no per-method branch.
@@ -18,6 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
+from kdlab.batch import Batch
 from kdlab.config import OptimConfig
 from kdlab.engine.device import autocast
 from kdlab.engine.evaluate import evaluate
@@ -25,8 +26,8 @@ from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.runio import RunIO
 
-# (epoch, batch_index, images) -> teacher logits for exactly this view, or None to let the objective run the teacher
-TeacherLogits = Callable[[int, int, Tensor], Optional[Tensor]]
+# (epoch, batch_index, batch) -> the teacher's logits for exactly these views, or None to let the method run the teacher
+TeacherCache = Callable[[int, int, Batch], Optional[Tensor]]
 
 
 @dataclass
@@ -42,21 +43,21 @@ class EngineOptions:
 
 
 class Trainer:
-    def __init__(self, objective: nn.Module, train_loader, eval_loaders: dict, options: EngineOptions, io: RunIO,
-                 teacher_logits: TeacherLogits | None = None) -> None:
-        self.objective = objective
+    def __init__(self, method: nn.Module, train_loader, eval_loaders: dict, options: EngineOptions, io: RunIO,
+                 teacher_cache: TeacherCache | None = None) -> None:
+        self.method = method
         self.train_loader = train_loader
         self.eval_loaders = {k: v for k, v in eval_loaders.items() if v is not None and v.num_samples > 0}
         self.opt = options
         self.io = io
-        self.teacher_logits = teacher_logits
+        self.teacher_cache = teacher_cache
         if options.device.type == "cpu":  # keep each step's peak memory mapped between steps (see engine/host.py)
             tune_cpu_allocator()
         memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        objective.to(device=options.device, memory_format=memory_format)
-        self.optimizer = build_optimizer(objective.trainable_parameters(), options.optim)
+        method.to(device=options.device, memory_format=memory_format)
+        self.optimizer = build_optimizer(method.trainable_parameters(), options.optim)
         self.scheduler = build_scheduler(self.optimizer, options.optim, len(train_loader), options.epochs)
-        self.step_fn = torch.compile(objective) if options.compile else objective
+        self.step_fn = torch.compile(method) if options.compile else method
         self.history: list[dict] = []
         self.best = {"val_top1": float("-inf"), "epoch": 0}
 
@@ -80,26 +81,26 @@ class Trainer:
 
     # -- one epoch ----------------------------------------------------------------------------------------------------
     def _train_epoch(self, epoch: int) -> dict:
-        objective, device = self.objective, self.opt.device
-        objective.on_epoch_start(epoch, self.opt.epochs)
-        objective.train()
+        method, device = self.method, self.opt.device
+        method.on_epoch_start(epoch, self.opt.epochs)
+        method.train()
         self.train_loader.set_epoch(epoch)
         sums: dict[str, Tensor] = {}
         correct = torch.zeros((), device=device)
         seen = 0
         start = time.perf_counter()
         bar = self.io.progress(self.train_loader, len(self.train_loader), f"epoch {epoch + 1}/{self.opt.epochs}")
-        for index, (images, labels) in enumerate(bar):
+        for index, batch in enumerate(bar):
             if self.opt.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            given = self.teacher_logits(epoch, index, images) if self.teacher_logits else None
-            out, loss, parts = train_step(self.step_fn, self.optimizer, images, labels, given, self.opt,
-                                          self.objective.trainable_parameters)
+                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+            if self.teacher_cache is not None:
+                batch.teacher_logits = self.teacher_cache(epoch, index, batch)
+            out, loss, parts = train_step(self.step_fn, self.optimizer, batch, self.opt, method.trainable_parameters)
             self.scheduler.step()
             for name, value in {"loss": loss, **parts}.items():
-                sums[name] = sums.get(name, 0) + value.detach() * len(labels)
-            correct += out["logits"].detach().argmax(1).eq(labels).sum()
-            seen += len(labels)
+                sums[name] = sums.get(name, 0) + value.detach() * len(batch)
+            correct += out["logits"].detach().argmax(1).eq(batch.labels).sum()
+            seen += len(batch)
             if index % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
         elapsed = time.perf_counter() - start
@@ -113,7 +114,7 @@ class Trainer:
         for split, loader in self.eval_loaders.items():
             if split == "test" and not (self.opt.eval_test_every_epoch or final):
                 continue
-            for name, model in self.objective.students().items():
+            for name, model in self.method.students().items():
                 metrics = evaluate(model, loader, self.opt.device, self.opt.bf16, self.opt.channels_last)
                 prefix = "" if name == "student" else f"{name}/"
                 row.update({f"{prefix}{split}_{k}": v for k, v in metrics.items() if k != "n"})
@@ -138,7 +139,7 @@ class Trainer:
             "history": self.history,
             "best": self.best,
         }
-        self.io.save_checkpoint(epochs_done, self.objective.trainable_state_dict(), state,
+        self.io.save_checkpoint(epochs_done, self.method.trainable_state_dict(), state,
                                 {**self.opt.model_meta, "epoch": epochs_done})
 
     def _restore(self) -> int:
@@ -146,7 +147,7 @@ class Trainer:
         if found is None:
             return 0
         weights, state = found
-        self.objective.load_trainable_state_dict(weights)
+        self.method.load_trainable_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
@@ -158,11 +159,11 @@ class Trainer:
         return int(state["epoch"])
 
     def _student_state(self, name: str) -> dict[str, Tensor]:
-        return self.objective.students()[name].state_dict()
+        return self.method.students()[name].state_dict()
 
     # -- end of training ----------------------------------------------------------------------------------------------
     def _finish(self) -> dict:
-        for name in self.objective.students():
+        for name in self.method.students():
             self.io.save_student(name, self._student_state(name), {**self.opt.model_meta, "epoch": self.opt.epochs})
         last = self.history[-1] if self.history else {}
         selected = dict(next((r for r in self.history if r["epoch"] == self.best["epoch"]), last))
@@ -185,7 +186,7 @@ class Trainer:
         """Test metrics of the val-selected weights, when the test split was not evaluated at every epoch."""
         from kdlab.files import load_weights
 
-        student = self.objective.students()["student"]
+        student = self.method.students()["student"]
         current = {k: v.clone() for k, v in student.state_dict().items()}
         student.load_state_dict(load_weights(self.io.dir.best)[0])
         metrics = evaluate(student, self.eval_loaders["test"], self.opt.device, self.opt.bf16, self.opt.channels_last)
@@ -200,12 +201,11 @@ class Trainer:
         return "  ".join(parts)
 
 
-def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, images: Tensor, labels: Tensor,
-               teacher_logits: Tensor | None, opt: EngineOptions,
+def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch, opt: EngineOptions,
                parameters: Callable[[], list] = list) -> tuple[dict, Tensor, dict]:
     """One optimizer step on one batch: forward under autocast, sum of the ``loss_*`` parts, backward, clip, step."""
     with autocast(opt.device, opt.bf16):
-        out = step_fn(images, labels, teacher_logits=teacher_logits)
+        out = step_fn(batch)
     parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
     loss = torch.stack(list(parts.values())).sum()
     optimizer.zero_grad(set_to_none=True)

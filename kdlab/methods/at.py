@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, check_param
 from kdlab.methods.hooks import match_spatial, pair_deepest, resolve_layers
 from kdlab.methods.registry import METHODS
 
@@ -42,7 +41,7 @@ class ATParams(BaseParams):
 
 
 @METHODS.register("at")
-class AT(Distiller):
+class AT(Method):
     Params = ATParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: ATParams | None = None) -> None:
@@ -59,7 +58,7 @@ class AT(Distiller):
     def student_layers(self) -> list[str]:
         return self.s_layers
 
-    def teacher_features(self) -> list[str]:
+    def teacher_layers(self) -> list[str]:
         return self.t_layers
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param
 from kdlab.methods.hooks import check_map, resolve_layers
 from kdlab.methods.kd import kd_loss
 from kdlab.methods.registry import METHODS
@@ -66,7 +65,7 @@ class BYOTParams(BaseParams):
 
 
 @METHODS.register("byot")
-class BYOT(Distiller):
+class BYOT(Method):
     Params = BYOTParams
     needs_teacher = False
     needs_prepare = True
@@ -89,7 +88,8 @@ class BYOT(Distiller):
     def extra_modules(self) -> list[nn.Module]:
         return [self.heads]
 
-    def build(self, probe: Context) -> None:
+    def build(self, setup: Setup) -> None:
+        probe = setup.probe
         for name in self.layers:
             check_map(name, probe.features[name])
         deep = probe.features[self.layers[-1]]

@@ -5,16 +5,10 @@
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from kdlab.methods.base import Method
 from kdlab.methods.registry import METHODS
 
 
 @METHODS.register("ce")
 class CE(Method):
-    needs_teacher = False
-
-    def forward(self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None) -> dict[str, Tensor]:
-        logits = self.student(images)
-        return {"logits": logits, "loss_ce": self.hard_loss(logits, labels)}
+    needs_teacher = False  # the base class's forward: one student pass, the hard cross-entropy, nothing else

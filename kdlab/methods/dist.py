@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, check_param
 from kdlab.methods.registry import METHODS
 
 
@@ -45,7 +44,7 @@ class DISTParams(BaseParams):
 
 
 @METHODS.register("dist")
-class DIST(Distiller):
+class DIST(Method):
     Params = DISTParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DISTParams | None = None) -> None:

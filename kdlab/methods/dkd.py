@@ -31,8 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, check_param
 from kdlab.methods.registry import METHODS
 
 
@@ -64,7 +63,7 @@ class DKDParams(BaseParams):
 
 
 @METHODS.register("dkd")
-class DKD(Distiller):
+class DKD(Method):
     Params = DKDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DKDParams | None = None) -> None:

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Method
-from kdlab.methods.compose import check_param
+from kdlab.batch import Batch
+from kdlab.methods.base import BaseParams, Method, check_param
 from kdlab.methods.kd import kd_loss
 from kdlab.methods.registry import METHODS
 
@@ -57,6 +57,7 @@ class DMLParams(BaseParams):
 class DML(Method):
     Params = DMLParams
     needs_teacher = False
+    composable = False  # each student runs its own forward pass
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DMLParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -69,10 +70,10 @@ class DML(Method):
     def students(self) -> dict[str, nn.Module]:
         return {"student": self.student, **{f"student{i + 2}": peer for i, peer in enumerate(self.peers)}}
 
-    def forward(self, images: Tensor, labels: Tensor, teacher_logits: Tensor | None = None) -> dict[str, Tensor]:
-        all_logits = [model(images) for model in self.students().values()]
+    def forward(self, batch: Batch) -> dict[str, Tensor]:
+        all_logits = [model(batch.images) for model in self.students().values()]
         return {
             "logits": all_logits[0],
-            "loss_ce": sum(self.hard_loss(z, labels) for z in all_logits),
+            "loss_ce": sum(self.hard_loss(z, batch.labels) for z in all_logits),
             "loss_dml": dml_loss(all_logits, self.params.T),
         }

@@ -62,7 +62,7 @@ def build_method(name: str, params: dict[str, Any] | None, student: nn.Module,
                  teacher: nn.Module | None = None) -> Method:
     """The method ``name`` (``a`` or ``a+b+...``) over ``student`` and the frozen ``teacher``, with validated params.
 
-    Feature-based methods create their adapters in ``method.prepare(example_images)``, which the runner calls once
+    Feature-based methods create their adapters in ``method.prepare(images, ...)``, which the runner calls once
     before building the optimizer.
     """
     parsed = parse_method_params(name, params)

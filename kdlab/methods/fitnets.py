@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param
 from kdlab.methods.hooks import check_map, match_spatial, resolve_layers
 from kdlab.methods.registry import METHODS
 
@@ -50,7 +49,7 @@ class FitNetsParams(BaseParams):
 
 
 @METHODS.register("fitnets")
-class FitNets(Distiller):
+class FitNets(Method):
     Params = FitNetsParams
     needs_prepare = True
 
@@ -71,13 +70,14 @@ class FitNets(Distiller):
     def student_layers(self) -> list[str]:
         return self.s_layers
 
-    def teacher_features(self) -> list[str]:
+    def teacher_layers(self) -> list[str]:
         return self.t_layers
 
     def extra_modules(self) -> list[nn.Module]:
         return [self.regressors]
 
-    def build(self, probe: Context) -> None:
+    def build(self, setup: Setup) -> None:
+        probe = setup.probe
         self.regressors = nn.ModuleList()
         for s, t in zip(self.s_layers, self.t_layers):
             f_s, f_t = probe.features[s], probe.teacher_features[t]

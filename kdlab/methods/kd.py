@@ -15,8 +15,7 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, check_param
 from kdlab.methods.registry import METHODS
 
 
@@ -34,7 +33,7 @@ class KDParams(BaseParams):
 
 
 @METHODS.register("kd")
-class KD(Distiller):
+class KD(Method):
     Params = KDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: KDParams | None = None) -> None:

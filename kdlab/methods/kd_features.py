@@ -17,8 +17,7 @@ from typing import Optional
 
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams
-from kdlab.methods.compose import Context, Distiller, check_param
+from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param
 from kdlab.methods.fitnets import ConvRegressor, hint_loss
 from kdlab.methods.hooks import check_map, resolve_layers
 from kdlab.methods.kd import kd_loss
@@ -35,7 +34,7 @@ class KDFeaturesParams(BaseParams):
 
 
 @METHODS.register("kd_features")
-class KDFeatures(Distiller):
+class KDFeatures(Method):
     Params = KDFeaturesParams
     needs_prepare = True
 
@@ -52,7 +51,7 @@ class KDFeatures(Distiller):
     def student_layers(self) -> list[str]:
         return [self.s_layer]
 
-    def teacher_features(self) -> list[str]:
+    def teacher_layers(self) -> list[str]:
         return [self.t_layer]
 
     def reads_teacher_logits(self) -> bool:
@@ -64,7 +63,8 @@ class KDFeatures(Distiller):
     def extra_modules(self) -> list[nn.Module]:
         return [self.adapter] if self.adapter is not None else []
 
-    def build(self, probe: Context) -> None:
+    def build(self, setup: Setup) -> None:
+        probe = setup.probe
         f_s, f_t = probe.features[self.s_layer], probe.teacher_features[self.t_layer]
         check_map(self.s_layer, f_s)
         check_map(self.t_layer, f_t)

@@ -1,4 +1,4 @@
-"""One training run from a ``TrainConfig``: data, models, objective, engine, run directory.
+"""One training run from a ``TrainConfig``: data, models, method, engine, run directory.
 
 Train-or-load: a run directory that already holds a finished run with the same config returns its result; an
 interrupted one resumes from its last checkpoint; one that holds a *different* config is refused (it is never
@@ -24,7 +24,7 @@ from kdlab import files
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.runio import RunIO
-from kdlab.engine.trainer import EngineOptions, Trainer, TeacherLogits
+from kdlab.engine.trainer import EngineOptions, TeacherCache, Trainer
 from kdlab.errors import ConfigError
 from kdlab.methods import build_method
 from kdlab.models import create_model
@@ -104,7 +104,7 @@ def load_teacher(path: str, info, device: torch.device) -> torch.nn.Module:
 
 
 def run(cfg: TrainConfig, splits: Splits | None = None,
-        teacher_cache: Callable[[str], TeacherLogits] | None = None, io_rank: int = 0) -> dict:
+        teacher_cache: Callable[[str], TeacherCache] | None = None, io_rank: int = 0) -> dict:
     """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict.
 
     ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
@@ -121,13 +121,13 @@ def run(cfg: TrainConfig, splits: Splits | None = None,
     splits = splits if splits is not None else load_splits(cfg.dataset)
     student = build_student(cfg, splits.info)
     teacher = load_teacher(cfg.teacher, splits.info, device) if cfg.teacher else None
-    objective = build_method(cfg.method.name, cfg.method.params, student, teacher)
+    method = build_method(cfg.method.name, cfg.method.params, student, teacher)
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
-    _prepare(objective, train_loader, device)
+    _prepare(method, train_loader, splits, device)
     provider = None
-    if teacher_cache is not None and teacher is not None and not objective.teacher_features():
+    if teacher_cache is not None and teacher is not None and method.uses_teacher_logits_only():
         provider = teacher_cache(train_loader.stream_key)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     allocator = tune_cpu_allocator() if device.type == "cpu" else None
@@ -141,22 +141,19 @@ def run(cfg: TrainConfig, splits: Splits | None = None,
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
            f"{' bf16' if bf16 else ''}")
-    result = Trainer(objective, train_loader, eval_loaders, options, io, teacher_logits=provider).fit()
+    result = Trainer(method, train_loader, eval_loaders, options, io, teacher_cache=provider).fit()
     if provider is not None:
         provider.flush()
     io.write_json(io.dir.result, result)
     return result
 
 
-def _prepare(objective, train_loader, device: torch.device) -> None:
-    """Let an objective size its extra modules (adapters, heads) from one real batch, before the optimizer exists."""
-    prepare = getattr(objective, "prepare", None)
-    if prepare is None:
-        return
+def _prepare(method, train_loader, splits: Splits, device: torch.device) -> None:
+    """Let a method size its extra modules (adapters, heads, banks) from one real batch, before the optimizer exists."""
     train_loader.set_epoch(0)
-    images, _ = next(iter(train_loader))
-    objective.to(device)
-    prepare(images[:2])
+    batch = next(iter(train_loader))
+    method.to(device)
+    method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
 
 
 def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: str = "auto") -> dict:

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.files import load_weights, save_weights
+from kdlab.batch import Batch
 from kdlab.engine.device import autocast
 
 
@@ -63,7 +64,8 @@ class TeacherLogitCache:
         self.stats = CacheStats()
         self._current: _Epoch | None = None
 
-    def __call__(self, epoch: int, index: int, images: Tensor) -> Tensor:
+    def __call__(self, epoch: int, index: int, batch: Batch) -> Tensor:
+        images = batch.images
         current = self._epoch(epoch)
         checksum = view_checksum(images).cpu()
         stored = current.logits.get(index)
