@@ -20,32 +20,32 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kdlab.config import TrainConfig, load_config, parse_value, split_args
+from kdlab.console import ensure_logging, log
 from kdlab.errors import ConfigError, KdlabError
+from kdlab.plugins import import_modules
 
 EXIT_USAGE = 2
 
 
-def _train_config(args: Sequence[str], aliases: dict[str, str] | None = None) -> TrainConfig:
-    from kdlab.runner.single import validate_train_config
-
-    path, overrides = split_args(list(args))
+def _train_config(args: argparse.Namespace, aliases: dict[str, str] | None = None) -> TrainConfig:
+    path, overrides = split_args(list(args.settings))
     for old, new in (aliases or {}).items():
         overrides = [new + o[len(old):] if o.split("=")[0].split(".")[0] == old else o for o in overrides]
     cfg = load_config(TrainConfig, path, overrides)
-    validate_train_config(cfg)
+    cfg.imports = list(dict.fromkeys([*cfg.imports, *args.imports]))
     return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
     from kdlab.runner.single import run
 
-    return run(_train_config(args.settings))
+    return run(_train_config(args))
 
 
 def cmd_distill(args: argparse.Namespace) -> dict:
     from kdlab.runner.single import run
 
-    cfg = _train_config(args.settings, aliases={"student": "model"})
+    cfg = _train_config(args, aliases={"student": "model"})
     if cfg.method.name == "ce":
         raise ConfigError("distill needs a method (method=kd, fitnets, at, ...); use `kdlab train` for plain training")
     return run(cfg)
@@ -54,6 +54,7 @@ def cmd_distill(args: argparse.Namespace) -> dict:
 def cmd_eval(args: argparse.Namespace) -> dict:
     from kdlab.runner.single import evaluate_checkpoint
 
+    import_modules(args.imports)
     _, overrides = split_args(args.settings)
     data, device = {}, "auto"
     for item in overrides:
@@ -72,23 +73,26 @@ def cmd_list(args: argparse.Namespace) -> None:
     from kdlab.methods import METHODS
     from kdlab.models import MODELS
 
+    import_modules(args.imports)
     registry = {"models": MODELS, "datasets": DATASETS, "methods": METHODS}[args.what]
     for name in registry.list(args.pattern):
         print(name)
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from kdlab.runner.experiment import Experiment
+    from kdlab.runner.experiment import ExperimentRunner
     from kdlab.runner.plan import load_experiment_file
 
     path, overrides = split_args(args.settings)
     exp = load_experiment_file(path, overrides)
-    summary = Experiment(exp).run()
+    exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
+    summary = ExperimentRunner(exp).run()
     report = _report(exp.directory, exp.device)
     return {"experiment_dir": str(exp.directory), "report": str(report), **summary}
 
 
 def cmd_report(args: argparse.Namespace) -> dict:
+    import_modules(args.imports)
     return {"report": str(_report(Path(args.directory), args.device))}
 
 
@@ -96,8 +100,8 @@ def _report(directory: Path, device: str) -> Path:
     from kdlab.engine.device import resolve_device
     from kdlab.report import build_report
 
-    path = build_report(directory, device=str(resolve_device(device)), log=lambda m: print(m, file=sys.stderr))
-    print(f"report: {path}", file=sys.stderr)
+    path = build_report(directory, device=str(resolve_device(device)), log=log.info)
+    log.info(f"report: {path}")
     return path
 
 
@@ -108,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, handler: Callable, helptext: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=helptext)
         p.set_defaults(handler=handler)
+        p.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                       help="import a plug-in module first (its registered models, datasets, methods); repeatable")
         return p
 
     command("train", cmd_train, "train a model (teacher or baseline) with cross-entropy").add_argument(
@@ -130,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    ensure_logging(application=True)
     try:
         result = args.handler(args)
     except KdlabError as exc:

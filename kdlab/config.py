@@ -235,6 +235,8 @@ class DataConfig:
     crop_padding: int = 4  # pixels of zero padding before the random crop
     flip: Optional[bool] = None  # None: the dataset's own default (True for natural images)
     image_size: Optional[int] = None  # resize on the device to this square size (e.g. 224); None keeps native size
+    pad: int = 0  # zero pixels added on every side first, e.g. 2 for 28x28 -> 32x32 (before crop and resize)
+    channels: Optional[int] = None  # repeat a grey image into this many channels (3 for RGB models and weights)
     normalize: Literal["dataset", "imagenet"] = "dataset"  # per-channel statistics used to normalize inputs
     train_subset: Optional[int] = None  # keep only the first N training images (quick trials, tests)
     test_subset: Optional[int] = None  # keep only the first N test images
@@ -249,7 +251,7 @@ class ModelConfig:
     __extra__ = "kwargs"  # any other key is a keyword argument of the model's constructor
 
     name: str = "resnet20"
-    pretrained: Optional[str] = None  # a local .safetensors / .pth state dict, or a kdlab checkpoint
+    pretrained: Optional[str] = None  # torchvision | timm (their ImageNet weights), or a local weights file
     kwargs: dict = field(default_factory=dict)
 
 
@@ -265,12 +267,12 @@ class MethodConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["sgd", "adamw"] = "sgd"
+    name: Literal["sgd", "adam", "adamw"] = "sgd"  # adam: L2 weight decay in the gradient; adamw: decoupled
     lr: float = 0.1  # peak learning rate for the batch size in `dataset.batch_size`
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    betas: tuple[float, float] = (0.9, 0.999)  # AdamW only
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam and AdamW
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from lr/100, counted in (possibly fractional) epochs
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: fractions of the run (< 1) or epochs
@@ -286,7 +288,8 @@ class TrainConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    teacher: Optional[str] = None  # a kdlab checkpoint (model.safetensors) of the frozen teacher
+    teacher: Optional[str] = None  # a kdlab checkpoint (model.safetensors) of the frozen teacher, or its run directory
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     epochs: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps

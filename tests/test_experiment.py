@@ -8,7 +8,7 @@ import pytest
 from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import ConfigError, KdlabError
-from kdlab.runner.experiment import Experiment, _speed_key, experiment_lock
+from kdlab.runner.experiment import ExperimentRunner, _speed_key, experiment_lock
 from kdlab.runner.plan import default_experiment_path, load_experiment_file
 from kdlab.runner.plan import expand, validate
 
@@ -105,14 +105,14 @@ def test_lock_refuses_a_second_invocation(tiny_experiment):
     exp = load_experiment_file(str(path), [])
     with experiment_lock(exp.directory):
         with pytest.raises(KdlabError, match="another kdlab process"):
-            Experiment(exp).run()
+            ExperimentRunner(exp).run()
 
 
 def test_eta_uses_the_speed_of_the_same_kind_of_run(tmp_path):
     exp = load_experiment_file(None, [f"out_dir={tmp_path}"])
     plan = expand(exp, "data1")
     teacher, baseline, kd = plan[0], plan[1], next(s for s in plan if s.method == "kd")
-    lab = Experiment(exp, log=lambda message: None)
+    lab = ExperimentRunner(exp, log=lambda message: None)
     lab.epoch_seconds = {_speed_key(teacher): 40.0, _speed_key(baseline): 5.0}
     epochs = exp.student_schedule.epochs
     assert lab._epoch_estimate(teacher) == 40.0

@@ -216,7 +216,7 @@ def test_missing_library_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
         create_model("timm:resnet50")
     with pytest.raises(ConfigError, match="torchvision:ARCH"):
         create_external_model("torchvision:", num_classes=10, in_channels=3)
-    with pytest.raises(ConfigError, match="local weights file"):
+    with pytest.raises(ConfigError, match="a weights file, torchvision or timm"):
         create_external_model("torchvision:resnet18", num_classes=10, in_channels=3, pretrained=True)
 
 

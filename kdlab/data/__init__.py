@@ -6,11 +6,13 @@
         loader.set_epoch(epoch)
         for images, labels in loader: ...
 
-Registered datasets: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagefolder`` (see ``DATASETS``).
+Registered datasets: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagefolder`` (see ``DATASETS``); the user's own
+``torch.utils.data.Dataset`` objects stream through :mod:`kdlab.data.custom` (``load_splits(cfg, data=...)``).
 """
 
 from kdlab.data import cifar, fashion_mnist, imagefolder  # noqa: F401  (registers the datasets)
 from kdlab.data.augment import AugmentPlan, crop_flip, normalization
+from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, ImageSet, RawDataset
 from kdlab.data.loader import BatchLoader, epoch_generator, make_loader
 from kdlab.data.registry import DATASETS, load_dataset
@@ -19,5 +21,5 @@ from kdlab.data.splits import Splits, check_data_config, load_splits, stratified
 __all__ = [
     "DATASETS", "DatasetInfo", "ImageSet", "RawDataset", "Splits", "BatchLoader", "AugmentPlan",
     "IMAGENET_MEAN", "IMAGENET_STD", "load_dataset", "load_splits", "make_loader", "stratified_split",
-    "check_data_config", "crop_flip", "normalization", "epoch_generator",
+    "check_data_config", "crop_flip", "normalization", "epoch_generator", "DatasetLoader", "DatasetSplit",
 ]

@@ -16,14 +16,17 @@ from kdlab.config import DataConfig
 from kdlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 
 
-def normalization(info: DatasetInfo, normalize: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) for ``normalize`` = "dataset" or "imagenet" (averaged to one channel for grayscale)."""
+def normalization(info: DatasetInfo, normalize: str,
+                  channels: int | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) for ``normalize`` = "dataset" or "imagenet", for ``channels`` input channels (default
+    the dataset's): a grey dataset's statistics are repeated for repeated channels, ImageNet's averaged for one."""
+    n = channels or info.in_channels
     if normalize == "dataset":
-        return info.mean, info.std
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    if info.in_channels == 1:
-        return (sum(mean) / 3,), (sum(std) / 3,)
-    return mean, std
+        mean, std = info.mean, info.std
+        return (mean * n, std * n) if len(mean) == 1 and n > 1 else (mean, std)
+    if n == 1:
+        return (sum(IMAGENET_MEAN) / 3,), (sum(IMAGENET_STD) / 3,)
+    return IMAGENET_MEAN, IMAGENET_STD
 
 
 def crop_flip(images: torch.Tensor, offsets: Optional[torch.Tensor], flips: Optional[torch.Tensor],
@@ -55,22 +58,33 @@ class AugmentPlan:
 
     crop_padding: Optional[int]  # None: no random crop
     flip: bool
+    pad: int  # fixed zero padding on every side, before the crop (e.g. 28 -> 32)
+    channels: Optional[int]  # repeat the stored channels to this many (grey -> RGB); None keeps them
     out_size: Optional[tuple[int, int]]  # None: keep the stored size
     scale: torch.Tensor  # [1, C, 1, 1]: 1 / (255 * std)
     shift: torch.Tensor  # [1, C, 1, 1]: -mean / std
 
     @classmethod
-    def build(cls, info: DatasetInfo, cfg: DataConfig, stored_size: tuple[int, int], *, train: bool,
+    def build(cls, info: DatasetInfo, cfg: DataConfig, stored_shape: tuple[int, int, int], *, train: bool,
               device: torch.device) -> "AugmentPlan":
+        """The plan for images stored as ``stored_shape`` (C, H, W) under ``cfg``; ``info`` gives the statistics."""
         augment = train and cfg.augment
         flip = augment and (info.flip if cfg.flip is None else cfg.flip)
+        padded = (stored_shape[1] + 2 * cfg.pad, stored_shape[2] + 2 * cfg.pad)
         out = (cfg.image_size, cfg.image_size) if cfg.image_size else None
-        mean, std = normalization(info, cfg.normalize)
+        channels = cfg.channels if cfg.channels and cfg.channels != stored_shape[0] else None
+        mean, std = normalization(info, cfg.normalize, channels or stored_shape[0])
         std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         return cls(crop_padding=cfg.crop_padding if augment and cfg.crop_padding > 0 else None, flip=flip,
-                   out_size=out if out != tuple(stored_size) else None,
+                   pad=cfg.pad, channels=channels, out_size=out if out and out != padded else None,
                    scale=(1.0 / (255.0 * std_t)).to(device), shift=(-mean_t / std_t).to(device))
+
+    def output_shape(self, stored_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+        """(C, H, W) of the images this plan makes from images stored as ``stored_shape``."""
+        c, h, w = stored_shape
+        size = self.out_size or (h + 2 * self.pad, w + 2 * self.pad)
+        return (self.channels or c, *size)
 
     def draw(self, n: int, generator: torch.Generator) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
         """Crop offsets ``[n, 2]`` and flip flags ``[n]`` for ``n`` samples, on the CPU, in a fixed order."""
@@ -83,9 +97,13 @@ class AugmentPlan:
 
     def apply(self, images: torch.Tensor, offsets: Optional[torch.Tensor] = None,
               flips: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """uint8 ``[B, C, H, W]`` -> float32 ``[B, C, H', W']``: crop/flip, normalize, resize."""
+        """uint8 ``[B, C, H, W]`` -> float32 ``[B, C', H', W']``: pad, crop/flip, repeat channels, normalize, resize."""
+        if self.pad:
+            images = F.pad(images, (self.pad,) * 4)
         if offsets is not None or flips is not None:
             images = crop_flip(images, offsets, flips, self.crop_padding or 0)
+        if self.channels:
+            images = images.repeat_interleave(self.channels // images.shape[1], dim=1)
         x = images.float().mul_(self.scale).add_(self.shift)
         # Normalizing before resizing is exact (bilinear weights sum to 1) and touches fewer pixels when upsampling.
         if self.out_size is not None:

@@ -22,6 +22,7 @@ import torch
 from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import AugmentPlan, normalization
+from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.imagefolder import checked, path_loader
 from kdlab.data.info import DatasetInfo, ImageSet
 from kdlab.data.splits import check_data_config
@@ -57,7 +58,7 @@ class BatchLoader:
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
         self.epoch = 0
         self.workers = cfg.workers
-        self.plan = AugmentPlan.build(info, cfg, split.image_shape[1:], train=train, device=self.device)
+        self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
         self._stream_key = self._make_stream_key(cfg)
         self.in_memory = _use_memory(split, cfg)
         self._images: Optional[torch.Tensor] = None
@@ -66,10 +67,12 @@ class BatchLoader:
         self._labels = split.labels.to(self.device)
 
     def _make_stream_key(self, cfg: DataConfig) -> str:
-        mean, std = normalization(self.info, cfg.normalize)
+        mean, std = normalization(self.info, cfg.normalize, self.input_shape[0])
         fields = {
             "v": 1, "dataset": self.info.name, "data": self.split.fingerprint, "train": self.train,
             "batch_size": self.batch_size, "out_size": self.plan.out_size, "mean": mean, "std": std,
+            **({"pad": self.plan.pad} if self.plan.pad else {}),
+            **({"channels": self.plan.channels} if self.plan.channels else {}),
             # Eval views are not random: the seed and augmentation settings do not change them.
             "seed": self.seed if self.train else None,
             "crop_padding": self.plan.crop_padding, "flip": self.plan.flip,
@@ -77,7 +80,12 @@ class BatchLoader:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
-    def stream_key(self) -> str:
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this loader yields."""
+        return self.plan.output_shape(self.split.image_shape)
+
+    @property
+    def stream_key(self) -> str | None:
         """Hash of everything that determines the sequence of views (not the epoch)."""
         return self._stream_key
 
@@ -153,7 +161,11 @@ def _to(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tenso
     return t.to(device) if t is not None else None
 
 
-def make_loader(split: ImageSet, info: DatasetInfo, cfg: DataConfig, *, train: bool, device: torch.device,
-                seed: int = 0) -> BatchLoader:
-    """A :class:`BatchLoader` over ``split`` (see the module docstring for its guarantees)."""
+def make_loader(split, info: DatasetInfo, cfg: DataConfig, *, train: bool, device: torch.device,
+                seed: int = 0):
+    """A :class:`BatchLoader` over an ImageSet (see the module docstring for its guarantees), or a
+    :class:`~kdlab.data.custom.DatasetLoader` over a user Dataset's split."""
+    if isinstance(split, DatasetSplit):
+        check_data_config(cfg)
+        return DatasetLoader(split, info, cfg, train=train, device=device, seed=seed)
     return BatchLoader(split, info, cfg, train=train, device=device, seed=seed)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from kdlab.config import DataConfig
 from kdlab.data.info import RawDataset
@@ -21,6 +22,15 @@ def resolve_root(cfg: DataConfig, env_var: str, default: str) -> Path:
     return Path(root).expanduser()
 
 
-def load_dataset(cfg: DataConfig) -> RawDataset:
-    """Load the official train/test splits of ``cfg.name`` (unknown names raise a ConfigError listing valid ones)."""
-    return DATASETS.get(cfg.name)(cfg)
+def load_dataset(cfg: DataConfig) -> Any:
+    """The official train/test splits of ``cfg.name`` (unknown names raise a ConfigError listing valid ones).
+
+    A plug-in's dataset function (``dataset=my_data:make_dataset``) is called with the DataConfig when it takes an
+    argument, else with none; it may return a RawDataset or Dataset objects (see :mod:`kdlab.data.custom`).
+    """
+    loader = DATASETS.get(cfg.name)
+    try:
+        takes_config = bool(inspect.signature(loader).parameters)
+    except (TypeError, ValueError):
+        takes_config = True
+    return loader(cfg) if takes_config else loader()

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any, Union
 
 import torch
 
 from kdlab.config import DataConfig
-from kdlab.data.info import DatasetInfo, ImageSet
+from kdlab.data.custom import DatasetSplit, as_split, data_parts, object_info
+from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
 from kdlab.data.registry import load_dataset
+
+Split = Union[ImageSet, DatasetSplit]
 from kdlab.errors import ConfigError
 
 
@@ -18,9 +22,9 @@ class Splits:
     """The three splits of a dataset. ``val`` (from train) selects models; ``test`` only reports."""
 
     info: DatasetInfo
-    train: ImageSet
-    val: ImageSet
-    test: ImageSet
+    train: Split
+    val: Split
+    test: Split
     fingerprint: str  # short hash of the dataset name and all three splits' contents
 
 
@@ -32,9 +36,21 @@ def check_data_config(cfg: DataConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and value < 1:
             raise ConfigError(f"config key 'dataset.{key}': expected a positive integer, got {value}")
-    if cfg.crop_padding < 0 or cfg.workers < 0:
-        key = "crop_padding" if cfg.crop_padding < 0 else "workers"
-        raise ConfigError(f"config key 'dataset.{key}': expected a non-negative integer, got {getattr(cfg, key)}")
+    for key in ("crop_padding", "workers", "pad"):
+        if getattr(cfg, key) < 0:
+            raise ConfigError(f"config key 'dataset.{key}': expected a non-negative integer, got {getattr(cfg, key)}")
+    if cfg.channels is not None and cfg.channels < 1:
+        raise ConfigError(f"config key 'dataset.channels': expected a positive integer, got {cfg.channels}")
+
+
+def effective_info(info: DatasetInfo, cfg: DataConfig) -> DatasetInfo:
+    """The dataset as the models see it: ``dataset.channels`` repeats grey images into that many channels."""
+    if not cfg.channels or cfg.channels == info.in_channels:
+        return info
+    if cfg.channels % info.in_channels:
+        raise ConfigError(f"config key 'dataset.channels': {info.name} has {info.in_channels} channel(s); "
+                          f"channels must be a multiple of that, got {cfg.channels}")
+    return replace(info, in_channels=cfg.channels)
 
 
 def stratified_split(labels: torch.Tensor, val_ratio: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,21 +74,24 @@ def stratified_split(labels: torch.Tensor, val_ratio: float, seed: int) -> tuple
     return torch.sort(by_class[~is_val]).values, torch.sort(by_class[is_val]).values
 
 
-def splits_fingerprint(name: str, *sets: ImageSet) -> str:
+def splits_fingerprint(name: str, *sets: Split) -> str:
     digest = hashlib.sha256(name.encode())
     for images in sets:
         digest.update(images.fingerprint.encode())
     return digest.hexdigest()[:16]
 
 
-def load_splits(cfg: DataConfig) -> Splits:
-    """Load ``cfg.name``, keep the first ``train_subset`` / ``test_subset`` images, hold out a validation split.
+def load_splits(cfg: DataConfig, data: Any = None) -> Splits:
+    """Load ``cfg.name`` (or use ``data``: the user's Dataset objects, see :mod:`kdlab.data.custom`), keep the first
+    ``train_subset`` / ``test_subset`` images, hold out a validation split.
 
     The held-out split depends on the (subset) training labels, ``val_ratio`` and ``split_seed`` only: never on
     the training seed, and the test set is never touched for it.
     """
     check_data_config(cfg)
-    raw = load_dataset(cfg)
+    raw = load_dataset(cfg) if data is None else data
+    if not isinstance(raw, RawDataset):  # Dataset objects, given or returned by a plug-in's dataset function
+        return object_splits(raw, cfg)
     train, test = raw.train, raw.test
     if cfg.train_subset is not None:
         train = train.subset(range(min(cfg.train_subset, len(train))))
@@ -81,4 +100,22 @@ def load_splits(cfg: DataConfig) -> Splits:
     train_idx, val_idx = stratified_split(train.labels, cfg.val_ratio, cfg.split_seed)
     val = train.subset(val_idx)
     train = train.subset(train_idx) if len(val_idx) else train
-    return Splits(raw.info, train, val, test, splits_fingerprint(raw.info.name, train, val, test))
+    return Splits(effective_info(raw.info, cfg), train, val, test, splits_fingerprint(raw.info.name, train, val, test))
+
+
+def object_splits(data: Any, cfg: DataConfig) -> Splits:
+    """Splits of the user's Dataset/DataLoader objects (a validation split is held out of train when none is given)."""
+    parts = {name: as_split(obj) for name, obj in data_parts(data).items()}
+    train = parts["train"]
+    if cfg.train_subset is not None:
+        train = train.subset(range(min(cfg.train_subset, len(train))))
+    if "val" in parts:
+        val = parts["val"]
+    else:
+        train_idx, val_idx = stratified_split(train.labels, cfg.val_ratio, cfg.split_seed)
+        train, val = train.subset(train_idx), train.subset(val_idx)
+    test = parts.get("test") or train.subset([])
+    if cfg.test_subset is not None:
+        test = test.subset(range(min(cfg.test_subset, len(test))))
+    info = object_info(cfg.name, {"train": train, "val": val, "test": test}, cfg)
+    return Splits(effective_info(info, cfg), train, val, test, splits_fingerprint(cfg.name, train, val, test))

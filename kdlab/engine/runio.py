@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from kdlab import files
+from kdlab.console import log
 from kdlab.engine.checkpoint import load_state, save_state
 from kdlab.rundir import RunDir
 
@@ -38,9 +39,9 @@ class RunIO:
 
     # -- console ------------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """Human-readable progress goes to stderr; stdout is kept for machine-readable results."""
+        """Human-readable progress goes to the ``kdlab`` logger (stderr); stdout is kept for machine-readable results."""
         if self.is_main:
-            print(message, file=sys.stderr, flush=True)
+            log.info(message)
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> Any:
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,

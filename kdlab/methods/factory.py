@@ -10,7 +10,7 @@ composite). ``parse_method_params`` does that validation alone (the CLI checks c
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable, Union
 
 from torch import nn
 
@@ -18,6 +18,7 @@ from kdlab.config import from_dict
 from kdlab.errors import ConfigError
 from kdlab.methods.base import BaseParams, Method
 from kdlab.methods.compose import Composite, composite_params_cls
+from kdlab.methods.function import function_method
 from kdlab.methods.registry import METHODS
 
 
@@ -30,12 +31,27 @@ def _part_names(name: str) -> list[str]:
     return parts
 
 
-def method_params_cls(name: str) -> type[BaseParams]:
-    """The Params dataclass of method ``name`` (for ``a+b``: one section per part, each with a ``weight``)."""
-    parts = _part_names(name)
+MethodLike = Union[str, type, Callable]
+
+
+def method_class(method: MethodLike) -> type[Method]:
+    """A Method class from a registered name, a ``module:Name`` path, a Method subclass or a loss function."""
+    obj = METHODS.get(method) if isinstance(method, str) else method
+    if isinstance(obj, type) and issubclass(obj, Method):
+        return obj
+    if callable(obj) and not isinstance(obj, type):
+        return function_method(obj)
+    raise ConfigError(f"method {method!r} is neither a kdlab Method class nor a loss function")
+
+
+def method_params_cls(method: MethodLike) -> type[BaseParams]:
+    """The Params dataclass of a method (for ``a+b``: one section per part, each with a ``weight``)."""
+    if not isinstance(method, str):
+        return method_class(method).Params
+    parts = _part_names(method)
     if len(parts) == 1:
-        return METHODS.get(parts[0]).Params
-    return composite_params_cls({p: METHODS.get(p) for p in parts})
+        return method_class(parts[0]).Params
+    return composite_params_cls({p: method_class(p) for p in parts})
 
 
 def _nest(params: dict[str, Any]) -> dict[str, Any]:
@@ -53,18 +69,19 @@ def _nest(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def parse_method_params(name: str, params: dict[str, Any] | None = None) -> BaseParams:
-    """Validate ``params`` for method ``name`` into its Params dataclass (ConfigError naming ``method.<key>``)."""
-    return from_dict(method_params_cls(name), _nest(dict(params or {})), prefix="method.")
+def parse_method_params(method: MethodLike, params: dict[str, Any] | None = None) -> BaseParams:
+    """Validate ``params`` for a method into its Params dataclass (ConfigError naming ``method.<key>``)."""
+    return from_dict(method_params_cls(method), _nest(dict(params or {})), prefix="method.")
 
 
-def build_method(name: str, params: dict[str, Any] | None, student: nn.Module,
+def build_method(method: MethodLike, params: dict[str, Any] | None, student: nn.Module,
                  teacher: nn.Module | None = None) -> Method:
-    """The method ``name`` (``a`` or ``a+b+...``) over ``student`` and the frozen ``teacher``, with validated params.
+    """The method (a name, ``a+b+...``, ``module:Name``, a Method class or a loss function) over ``student`` and the
+    frozen ``teacher``, with validated params.
 
     Feature-based methods create their adapters in ``method.prepare(images, ...)``, which the runner calls once
     before building the optimizer.
     """
-    parsed = parse_method_params(name, params)
-    cls = Composite if "+" in name else METHODS.get(name)
+    parsed = parse_method_params(method, params)
+    cls = Composite if isinstance(method, str) and "+" in method else method_class(method)
     return cls(student, teacher, parsed)

@@ -1,7 +1,8 @@
 """Models from torchvision (``torchvision:NAME``) and timm (``timm:NAME``), built only when those libraries import.
 
-Nothing is ever downloaded: torchvision gets ``weights=None`` and timm ``pretrained=False``; pretrained weights come
-from a local file (``pretrained="path.safetensors"``) through :func:`kdlab.models.weights.load_pretrained`.
+Models are built freshly initialized (torchvision ``weights=None``, timm ``pretrained=False``); weights come from a
+local file (``pretrained="path.safetensors"``) or the libraries' own ImageNet weights (``pretrained=torchvision`` /
+``timm``, see :mod:`kdlab.models.hub`) through :func:`kdlab.models.weights.load_pretrained`.
 Each model gets ``stage_names`` as kdlab's own do: ResNet-like trees use ``layer1..layer4``; timm models their
 ``feature_info``; anything else the children of its main feature container that end a resolution, found by a dry-run
 forward with hooks.
@@ -203,12 +204,12 @@ def create_external_model(
     if library not in LIBRARIES or not arch:
         raise ConfigError(f"external model {name!r} must look like torchvision:ARCH or timm:ARCH")
     if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
-        raise ConfigError("pretrained must be a path to a local weights file; kdlab never downloads weights")
+        raise ConfigError("pretrained must be a weights file, torchvision or timm")
     build = _torchvision_model if library == "torchvision" else _timm_model
     model = build(arch, num_classes, in_channels, kwargs)
     model.stage_names = resolve_stage_names(model, in_channels)
     if not model.stage_names:
         log.warning("could not find stages of %s; feature-based distillation will not work with it", name)
     if pretrained is not None:
-        load_pretrained(model, pretrained)
+        load_pretrained(model, pretrained, arch=name)
     return model

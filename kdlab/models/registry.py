@@ -36,9 +36,9 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
         raise ConfigError(f"model {name!r} is not a class or function")
     try:
         accepted = inspect.signature(factory).parameters
+        open_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
     except (TypeError, ValueError):  # a builtin or C callable: pass everything
-        accepted = {}
-    open_kwargs = not accepted or any(p.kind is p.VAR_KEYWORD for p in accepted.values())
+        accepted, open_kwargs = {}, True
     if not open_kwargs:
         unknown = sorted(set(kwargs) - set(accepted))
         if unknown:

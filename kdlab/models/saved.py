@@ -9,6 +9,7 @@ trained. :func:`load_model` rebuilds the model from that alone, in a new process
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Mapping
 
 import torch
 
@@ -59,11 +60,18 @@ def build_from_meta(meta: dict, path: Path | str = "checkpoint") -> torch.nn.Mod
                         **meta.get("model_kwargs", {}))
 
 
-def load_model(path: str | Path, device: torch.device,
-               model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict]:
-    """Rebuild (or fill the given ``model``) and load a kdlab checkpoint; returns it in eval mode on ``device``."""
+def load_model(path: str | Path, device: torch.device, model: torch.nn.Module | None = None,
+               factories: Mapping[str, Callable[[], torch.nn.Module]] | None = None) -> tuple[torch.nn.Module, dict]:
+    """Rebuild (or fill the given ``model``) and load a kdlab checkpoint; returns it in eval mode on ``device``.
+
+    ``factories``: architecture name -> a function making the module (the Python API's own objects, which no name
+    rebuilds in this process); used when the checkpoint's architecture is among them.
+    """
     path = resolve_checkpoint(path)
     state, meta = load_weights(path)
+    given = model
+    if model is None and factories and meta.get("model") in factories:
+        model = given = factories[meta["model"]]()
     model = model if model is not None else build_from_meta(meta, path)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
@@ -71,6 +79,10 @@ def load_model(path: str | Path, device: torch.device,
         raise CheckpointError(f"{path} does not fit {meta.get('model', type(model).__name__)}: "
                               f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
     if missing or unexpected:
+        hint = ""
+        if given is None and ":" in str(meta.get("model")) and not meta.get("model_kwargs"):
+            hint = (f"; it was saved from a {meta['model']} built with arguments kdlab does not know: pass the module "
+                    f"(kdlab.load_model(path, model=...)) or give the model as {{'name': ..., <its arguments>}}")
         raise CheckpointError(f"{path} does not fit {meta.get('model', type(model).__name__)}: "
-                              f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+                              f"missing {missing[:3]}, unexpected {unexpected[:3]}{hint}")
     return model.to(device).eval(), meta

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from kdlab.errors import CheckpointError
+from kdlab.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -208,13 +208,24 @@ def _fit_to_model(
     return fitted, wrong
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> LoadReport:
+def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True,
+                    arch: str | None = None) -> LoadReport:
     """Load a weights file into ``model`` in place (see the module docstring for what is adapted).
 
-    ``strict``: missing or unexpected keys raise a one-line CheckpointError; with ``strict=False`` they are only
-    reported. A tensor of the wrong shape outside the first conv and the classifier always raises.
+    ``path`` may also be ``torchvision`` or ``timm``: that library's ImageNet weights for architecture ``arch``
+    (see :mod:`kdlab.models.hub`). ``strict``: missing or unexpected keys raise a one-line CheckpointError; with
+    ``strict=False`` they are only reported. A tensor of the wrong shape outside the first conv and the classifier
+    always raises.
     """
-    loaded = read_state_dict(path)
+    from kdlab.models.hub import HUBS, hub_state_dict
+
+    if str(path) in HUBS:
+        if arch is None:
+            raise ConfigError(f"model.pretrained={path} needs the model's architecture name")
+        loaded = {_strip_prefixes(k): v for k, v in hub_state_dict(str(path), arch).items()}
+        path = f"{path} ImageNet weights"
+    else:
+        loaded = read_state_dict(path)
     report = LoadReport()
     fitted, wrong = _fit_to_model(model, loaded, report)
     name = type(model).__name__

@@ -10,11 +10,12 @@ Every metric is recomputed from the runs' saved checkpoints on the test split (c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
 from kdlab.engine.device import resolve_device
+from kdlab.plugins import import_modules
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
 from kdlab.report.manifest import Manifest, ReportError
@@ -30,19 +31,25 @@ def _silent(message: str) -> None:
     """The default ``log``: the report prints nothing unless asked to."""
 
 
-def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], None] = _silent) -> Path:
-    """Write ``results.{csv,json,md}``, the figures and ``index.html`` into ``exp_dir/report``; return that folder."""
+def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], None] = _silent,
+                 data: Any = None, models: dict[str, Callable] | None = None) -> Path:
+    """Write ``results.{csv,json,md}``, the figures and ``index.html`` into ``exp_dir/report``; return that folder.
+
+    ``data`` / ``models``: the Python API's in-process Dataset objects and model factories (see ``TestData``).
+    """
     from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
     from kdlab.report.html import write_html
 
     exp_dir = Path(exp_dir)
     manifest = Manifest.read(exp_dir)
-    collected = collect(manifest, TestData(manifest.dataset, resolve_device(device)), log)
+    import_modules(manifest.imports)
+    test_data = TestData(manifest.dataset, resolve_device(device), data, models)
+    collected = collect(manifest, test_data, log)
     if not collected.runs:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.skipped) or "the manifest lists no runs"
         raise ReportError(f"no finished run to report in {exp_dir} ({reasons})")
     log(f"{sum(r.cache_hit for r in collected.runs)} of {len(collected.runs)} runs' test metrics from their caches")
-    efficiency = efficiency_by_label(collected.runs, log)
+    efficiency = efficiency_by_label(collected.runs, test_data, log)
     top5 = max(int(r.cache.get("num_classes", 0)) for r in collected.runs) > 5
     rows = build_rows(collected.runs, efficiency, top5)
     out = exp_dir / "report"

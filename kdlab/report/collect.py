@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,16 +29,27 @@ ECE_BINS = 15
 
 
 # The settings that decide what the test images are; the others (batch sizes, augmentation...) change no logit.
-_TEST_DATA_KEYS = ("name", "root", "image_size", "normalize", "test_subset")
+_TEST_DATA_KEYS = ("name", "root", "image_size", "normalize", "pad", "channels", "test_subset")
 
 
 class TestData:
-    """The test split of the manifest's dataset, loaded on first use only (a fully cached report never loads it)."""
+    """The test split of the manifest's dataset, loaded on first use only (a fully cached report never loads it).
 
-    def __init__(self, dataset: dict, device: torch.device) -> None:
+    ``objects`` and ``models`` are the Python API's in-process stand-ins: Dataset objects for the dataset's name, and
+    model factories by architecture name (the user's modules, which no path can rebuild).
+    """
+
+    def __init__(self, dataset: dict, device: torch.device, objects: Any = None,
+                 models: dict[str, Callable] | None = None) -> None:
         self.cfg: DataConfig = from_dict(DataConfig, dataset, prefix="dataset.")
         self.device = device
+        self.objects = objects
+        self.models = dict(models or {})
         self._loader: BatchLoader | None = None
+
+    def load(self, path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
+        """A run's saved weights in a rebuilt model (or in a fresh copy of the given module)."""
+        return load_model(path, device or self.device, factories=self.models)
 
     @property
     def identity(self) -> dict:
@@ -47,15 +58,13 @@ class TestData:
 
     def loader(self) -> BatchLoader:
         if self._loader is None:
-            splits = load_splits(self.cfg)
+            splits = load_splits(self.cfg, data=self.objects)
             self._loader = make_loader(splits.test, splits.info, self.cfg, train=False, device=self.device)
         return self._loader
 
     def input_shape(self) -> list[int]:
         """(C, H, W) of the images the models see."""
-        loader = self.loader()
-        size = loader.plan.out_size or loader.split.image_shape[1:]
-        return [loader.info.in_channels, *size]
+        return list(self.loader().input_shape)
 
 
 @dataclass
@@ -107,14 +116,14 @@ def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor
 def _compute(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
     """Evaluate the last and the val-selected weights of a run on the test split."""
     log(f"evaluating {spec.key} ({spec.model_path.parent.name}) on the test split")
-    model, meta = load_model(spec.model_path, data.device)
+    model, meta = data.load(spec.model_path)
     logits, labels, _ = predict(model, data.loader(), data.device)
     tensors = {"last": logits, "labels": labels}
     best = spec.best_path
     epochs = int(meta.get("epoch") or result.get("epochs") or 0)
     selected_epoch = epochs
     if best is not None and best.is_file():
-        best_model, best_meta = load_model(best, data.device)
+        best_model, best_meta = data.load(best)
         selected_epoch = int(best_meta.get("epoch") or result.get("selected_epoch") or 0)
         if selected_epoch != epochs:  # else the same weights as the last epoch's: no second pass
             tensors["selected"], _, _ = predict(best_model, data.loader(), data.device)
@@ -233,7 +242,7 @@ def efficiency_env() -> dict:
             "processor": platform.processor()}
 
 
-def efficiency_by_label(runs: list[RunEval], log: Log) -> dict[tuple[str, str], dict]:
+def efficiency_by_label(runs: list[RunEval], data: TestData, log: Log) -> dict[tuple[str, str], dict]:
     """Efficiency of each (label, architecture), measured once on its lowest-seed run and cached in that run."""
     from kdlab.report.efficiency import measure_efficiency
 
@@ -249,7 +258,7 @@ def efficiency_by_label(runs: list[RunEval], log: Log) -> dict[tuple[str, str], 
             continue
         log(f"measuring parameters, FLOPs and CPU latency of {run.spec.student} ({run.spec.model})")
         path = run.spec.model_path
-        model, _ = load_model(path, torch.device("cpu"))
+        model, _ = data.load(path, torch.device("cpu"))
         values = measure_efficiency(model, run.input_shape, path)
         run.cache["efficiency"] = {"env": env, "values": values}
         write_cache(run.spec.run_dir, run.cache_key, run.cache)

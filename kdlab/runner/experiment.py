@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,18 +17,15 @@ import yaml
 
 from kdlab.config import to_dict
 from kdlab.data import load_splits
-from kdlab import files
+from kdlab import console, files
 from kdlab.engine.device import resolve_device, use_bf16
 from kdlab.errors import KdlabError
 from kdlab.runner import single
 from kdlab.models.saved import load_model
 from kdlab.report.manifest import Manifest
+from kdlab.runner.live import Live
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 @contextmanager
@@ -51,9 +47,12 @@ def experiment_lock(directory: Path) -> Iterator[None]:
         handle.close()
 
 
-class Experiment:
-    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = _stderr) -> None:
-        validate(exp)
+class ExperimentRunner:
+    """Runs an experiment's plan, train-or-load, then writes the manifest and summary (the report is separate)."""
+
+    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = console.log.info, live: Live | None = None) -> None:
+        self.live = live or Live()
+        validate(exp, self.live)
         self.exp = exp
         self.dir = exp.directory
         self.log = log
@@ -64,8 +63,8 @@ class Experiment:
 
     def run(self) -> dict:
         with experiment_lock(self.dir):
-            splits = load_splits(self.exp.dataset)
-            plan = expand(self.exp, splits.fingerprint)
+            splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
+            plan = expand(self.exp, splits.fingerprint, self.live)
             self._write_manifest(plan)
             started = time.perf_counter()
             for number, spec in enumerate(plan, 1):
@@ -97,7 +96,7 @@ class Experiment:
         self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
         opened: list[TeacherLogitCache] = []
         start = time.perf_counter()
-        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened))
+        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
         elapsed = time.perf_counter() - start
         self.trained_seconds += _trained_now(spec, before)
         for cache in opened:
@@ -113,7 +112,7 @@ class Experiment:
 
         def factory(stream_key: str) -> TeacherLogitCache:
             device = resolve_device(exp.device)
-            teacher, _ = load_model(teacher_run.checkpoint, device)
+            teacher, _ = load_model(teacher_run.checkpoint, device, factories=self.live.models)
             directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{stream_key}"
             cache = TeacherLogitCache(directory, teacher, device, use_bf16(exp.precision, device), exp.channels_last)
             opened.append(cache)
@@ -148,8 +147,9 @@ class Experiment:
 
     def _write_manifest(self, plan: list[RunSpec]) -> None:
         files.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
+        imports = list(dict.fromkeys(m for spec in plan for m in single.saved_imports(spec.cfg)))
         Manifest(self.exp.name, to_dict(self.exp.dataset), list(self.exp.seeds),
-                 [spec.manifest_run() for spec in plan]).write(self.dir)
+                 [spec.manifest_run() for spec in plan], imports).write(self.dir)
 
 
 def _trained_now(spec: RunSpec, epochs_before: int) -> float:

@@ -29,8 +29,11 @@ from typing import Literal, Optional
 from kdlab.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, apply_overrides, from_dict,
                           load_yaml, to_dict)
 from kdlab.errors import ConfigError
+from kdlab.methods.factory import method_class
+from kdlab.plugins import import_modules
 from kdlab.report.manifest import ManifestRun
 from kdlab.rundir import RunDir, weights_file
+from kdlab.runner.live import Live, plugin_identity
 
 
 @dataclass
@@ -82,6 +85,7 @@ class ExperimentConfig:
     teacher_seed: int = 0
     teacher_schedule: Schedule = field(default_factory=Schedule)
     student_schedule: Schedule = field(default_factory=Schedule)
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
@@ -136,28 +140,26 @@ def _check_labels(entries: list, what: str) -> None:
         raise ConfigError(f"{what}: label {dupes[0]!r} is used twice; give each entry a distinct label")
 
 
-def validate(exp: ExperimentConfig) -> None:
-    """Names, hyperparameters and labels, checked before any data is read."""
-    from kdlab.runner.single import validate_train_config
-
+def validate(exp: ExperimentConfig, live: Live | None = None) -> None:
+    """Plug-ins, names, hyperparameters and labels, checked before any data is read."""
+    import_modules(exp.imports)
     if not exp.students:
         raise ConfigError("experiment: 'students' is empty")
     for what in ("teachers", "students", "methods"):
         _check_labels(getattr(exp, what), what)
     if not exp.seeds:
         raise ConfigError("experiment: 'seeds' is empty")
-    for spec in expand(exp, data_fingerprint="validate"):
-        validate_train_config(spec.cfg)
     if not exp.teachers:
-        needy = [m.display for m in exp.methods if _needs_teacher(m.name)]
+        needy = [m.display for m in exp.methods if _needs_teacher(m.name, live or Live())]
         if needy:
             raise ConfigError(f"method {needy[0]!r} needs a teacher; the experiment lists none under 'teachers'")
+    expand(exp, data_fingerprint="validate", live=live)  # resolves (and so checks) every run's config
 
 
-def _needs_teacher(method: str) -> bool:
-    from kdlab.methods import METHODS
-
-    return any(METHODS.get(part).needs_teacher for part in method.split("+"))
+def _needs_teacher(method: str, live: Live) -> bool:
+    if method in live.methods:
+        return method_class(live.methods[method]).needs_teacher
+    return any(method_class(part).needs_teacher for part in method.split("+"))
 
 
 def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, method: MethodEntry | None,
@@ -167,23 +169,30 @@ def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, 
         model=ModelConfig(name=model.name, pretrained=model.pretrained, kwargs=dict(model.kwargs)),
         dataset=dataset, optim=schedule.optim,
         method=MethodConfig(name=method.name, params=dict(method.params)) if method else MethodConfig(),
-        epochs=schedule.epochs, seed=seed, device=exp.device, precision=exp.precision,
+        epochs=schedule.epochs, seed=seed, imports=list(exp.imports), device=exp.device, precision=exp.precision,
         channels_last=exp.channels_last, compile=exp.compile, out_dir=str(exp.directory / "runs"),
         progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch)
 
 
-def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str) -> str:
-    """Hash of what determines a run's result: not where it is written, how it is shown, or which device runs it."""
+def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str, plugins: dict | None = None) -> str:
+    """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
+    plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
     payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "teacher"):
+    for volatile in ("out_dir", "name", "progress", "device", "teacher", "imports"):
         payload.pop(volatile)
-    blob = json.dumps({"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
+    if plugins:
+        identity["plugins"] = plugins
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
+def _keyed(spec: RunSpec, data_fingerprint: str, live: Live) -> RunSpec:
+    from kdlab.runner.single import resolve_config
+
+    spec.cfg = resolve_config(spec.cfg, live)
     teacher_key = spec.teacher_run.key if spec.teacher_run else None
-    spec.key = run_key(spec.cfg, teacher_key, data_fingerprint)
+    names = [spec.cfg.model.name, spec.cfg.dataset.name, *spec.cfg.method.name.split("+")]
+    spec.key = run_key(spec.cfg, teacher_key, data_fingerprint, plugin_identity(spec.cfg.imports, names, live))
     parts = [spec.role, spec.student, spec.method] + ([f"from-{spec.teacher}"] if spec.teacher else [])
     safe = "-".join(parts).replace("/", "_").replace(":", "_").replace("+", "_")
     spec.cfg.name = f"{safe}-s{spec.seed}-{spec.key[:8]}"
@@ -192,7 +201,7 @@ def _keyed(spec: RunSpec, data_fingerprint: str) -> RunSpec:
     return spec
 
 
-def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) -> RunSpec:
+def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str, live: Live) -> RunSpec:
     cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
     given = str(weights_file(entry.checkpoint)) if entry.checkpoint else None  # as on the command line
     spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=given)
@@ -202,25 +211,26 @@ def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str) ->
             raise ConfigError(f"teacher {entry.display!r}: checkpoint not found: {path}")
         spec.key = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "given"
         return spec
-    return _keyed(spec, fingerprint)
+    return _keyed(spec, fingerprint, live)
 
 
-def expand(exp: ExperimentConfig, data_fingerprint: str) -> list[RunSpec]:
+def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = None) -> list[RunSpec]:
     """All runs, in the order they should run: teachers, then per seed the baselines and the distilled students."""
-    teachers = [_teacher_spec(exp, t, data_fingerprint) for t in exp.teachers]
+    live = live or Live()
+    teachers = [_teacher_spec(exp, t, data_fingerprint, live) for t in exp.teachers]
     plan = list(teachers)
     methods = [m for m in exp.methods if m.name != "ce"]
     for seed in exp.seeds:
         for student in exp.students:
             base = _train_config(exp, student, exp.student_schedule, None, seed)
-            plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint))
+            plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint, live))
             for method in methods:
-                sources = teachers if _needs_teacher(method.name) else [None]
+                sources = teachers if _needs_teacher(method.name, live) else [None]
                 for teacher in sources:
                     cfg = _train_config(exp, student, exp.student_schedule, method, seed)
                     spec = RunSpec("student", student.display, method.display, seed, cfg,
                                    teacher=teacher.student if teacher else None, teacher_run=teacher)
-                    plan.append(_keyed(spec, data_fingerprint))
+                    plan.append(_keyed(spec, data_fingerprint, live))
     return plan
 
 

@@ -7,10 +7,12 @@ overwritten).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -26,24 +28,31 @@ from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, TeacherCache, Trainer
 from kdlab.errors import ConfigError
-from kdlab.methods import build_method
+from kdlab.data import DATASETS
+from kdlab.methods import build_method, parse_method_params
 from kdlab.models import create_model
-from kdlab.models.saved import load_model, model_meta
+from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS
+from kdlab.models.saved import load_model, model_meta, resolve_checkpoint
 from kdlab.models.weights import load_pretrained
+from kdlab.plugins import import_modules, module_names
+from kdlab.rundir import RunDir
+from kdlab.runner.live import Live, plugin_identity
 
 
-def validate_train_config(cfg: TrainConfig) -> None:
-    """Check names and method hyperparameters before any data is loaded (fail fast, one line)."""
-    from kdlab.data import DATASETS
-    from kdlab.methods import method_params_cls
-    from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS
-
-    if not cfg.model.name.startswith(EXTERNAL_PREFIXES):
+def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
+    """Import the config's plug-ins, check every name and hyperparameter (one-line errors, before any data is read),
+    and write the method's hyperparameters out in full: ``method.T=4`` where 4 is the default is the same config."""
+    import_modules(cfg.imports)
+    live = live or Live()
+    if cfg.model.name not in live.models and not cfg.model.name.startswith(EXTERNAL_PREFIXES):
         MODELS.get(cfg.model.name)
-    DATASETS.get(cfg.dataset.name)
-    from_dict(method_params_cls(cfg.method.name), cfg.method.params, prefix="method.")
+    if cfg.dataset.name not in live.data:
+        DATASETS.get(cfg.dataset.name)
+    method = live.methods.get(cfg.method.name, cfg.method.name)
+    params = parse_method_params(method, cfg.method.params)
     if cfg.epochs < 1:
         raise ConfigError("config key 'epochs': must be at least 1")
+    return replace(cfg, method=replace(cfg.method, params=to_dict(params)))
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -54,18 +63,28 @@ def run_dir_for(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
 
 
-def check_run_dir(run_dir: Path, cfg: TrainConfig) -> dict | None:
-    """The finished result if ``run_dir`` already holds this run; refuse a directory holding another config."""
-    saved = run_dir / "config.yaml"
-    if not saved.is_file():
+def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict) -> dict | None:
+    """The finished result if ``run_dir`` already holds this run; refuse a directory holding another run (another
+    config, or the same config over other plug-in code, teacher or initial weights)."""
+    files_ = RunDir(run_dir)
+    previous = files_.read_config()
+    if previous is None:
         return None
-    previous = yaml.safe_load(saved.read_text())
-    if previous != to_dict(cfg):
-        changed = sorted(_diff_keys(previous, to_dict(cfg)))
+    changed = sorted(_diff_keys(previous, to_dict(cfg)))
+    if not changed:
+        before = _read_identity(files_)
+        changed = [f"identity.{k}" for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
+    if changed:
         raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])}); "
                           f"set name=... or out_dir=... for a new run")
-    result = run_dir / "result.json"
-    return json.loads(result.read_text()) if result.is_file() else None
+    return files_.read_result()
+
+
+def _read_identity(files_: RunDir) -> dict:
+    try:
+        return json.loads(files_.identity.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _diff_keys(a, b, prefix: str = "") -> list[str]:
@@ -86,66 +105,121 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def build_student(cfg: TrainConfig, info) -> torch.nn.Module:
-    model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.in_channels,
-                         **cfg.model.kwargs)
+def build_student(cfg: TrainConfig, info, live: Live) -> torch.nn.Module:
+    if cfg.model.name in live.models:
+        model = live.models[cfg.model.name]()
+    else:
+        model = create_model(cfg.model.name, num_classes=info.num_classes, in_channels=info.in_channels,
+                             **cfg.model.kwargs)
     if cfg.model.pretrained:
-        load_pretrained(model, cfg.model.pretrained)
+        load_pretrained(model, cfg.model.pretrained, arch=cfg.model.name)
     return model
 
 
-def load_teacher(path: str, info, device: torch.device) -> torch.nn.Module:
-    teacher, meta = load_model(path, device)
+def load_teacher(name: str, info, device: torch.device, live: Live) -> torch.nn.Module:
+    """The frozen teacher: a live module, or a kdlab checkpoint (a run directory or its model.safetensors)."""
+    if name in live.teachers:
+        return live.teachers[name].to(device).eval()
+    teacher, meta = load_model(name, device, factories=live.models)
     if meta.get("num_classes") != info.num_classes or meta.get("in_channels") != info.in_channels:
-        raise ConfigError(f"teacher {path} was trained for {meta.get('num_classes')} classes and "
+        raise ConfigError(f"teacher {name} was trained for {meta.get('num_classes')} classes and "
                           f"{meta.get('in_channels')} channels; this dataset has {info.num_classes} and "
                           f"{info.in_channels}")
     return teacher
 
 
-def run(cfg: TrainConfig, splits: Splits | None = None,
-        teacher_cache: Callable[[str], TeacherCache] | None = None, io_rank: int = 0) -> dict:
+def teacher_identity(name: str | None, live: Live) -> str | None:
+    """What the teacher is: a live module's hash, or the sha256 of its weights file."""
+    if name is None:
+        return None
+    if name in live.hashes:
+        return live.hashes[name]
+    path = resolve_checkpoint(name)
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_identity(cfg: TrainConfig, live: Live) -> dict:
+    """What decides a run's result besides its config: plug-in code, given objects, the teacher's weights."""
+    names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
+    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher_identity(cfg.teacher, live)}
+
+
+def saved_imports(cfg: TrainConfig) -> list[str]:
+    """Modules a new process must import to rebuild this run's model: the config's imports and the model's module."""
+    return list(dict.fromkeys([*cfg.imports, *module_names([cfg.model.name])]))
+
+
+def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[[str], TeacherCache] | None = None,
+        io_rank: int = 0, live: Live | None = None) -> dict:
     """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict.
 
     ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
     stream's key, returns a provider of the teacher's logits for each batch (shared by all methods of a seed); used
-    only when the method reads nothing but the teacher's logits.
+    only when the method reads nothing but the teacher's logits. ``live``: Python objects named by the config.
     """
-    run_dir = run_dir_for(cfg)
-    finished = check_run_dir(run_dir, cfg)
+    return train_run(cfg, splits, teacher_cache, io_rank, live)[0]
+
+
+def train_run(cfg: TrainConfig, splits: Splits | None = None,
+              teacher_cache: Callable[[str], TeacherCache] | None = None, io_rank: int = 0,
+              live: Live | None = None) -> tuple[dict, torch.nn.Module | None]:
+    """:func:`run`, also returning the trained method (None when a finished run was loaded)."""
+    live = live or Live()
+    cfg = resolve_config(cfg, live)
+    run_dir, identity = run_dir_for(cfg), run_identity(cfg, live)
+    finished = check_run_dir(run_dir, cfg, identity)
     if finished is not None:
-        return finished
+        return finished, None
     device = resolve_device(cfg.device)
-    bf16 = use_bf16(cfg.precision, device)
     seed_everything(cfg.seed)
-    splits = splits if splits is not None else load_splits(cfg.dataset)
-    student = build_student(cfg, splits.info)
-    teacher = load_teacher(cfg.teacher, splits.info, device) if cfg.teacher else None
-    method = build_method(cfg.method.name, cfg.method.params, student, teacher)
+    if splits is None:
+        splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
+    student = build_student(cfg, splits.info, live)
+    teacher = load_teacher(cfg.teacher, splits.info, device, live) if cfg.teacher else None
+    method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
     _prepare(method, train_loader, splits, device)
-    provider = None
-    if teacher_cache is not None and teacher is not None and method.uses_teacher_logits_only():
-        provider = teacher_cache(train_loader.stream_key)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
-    allocator = tune_cpu_allocator() if device.type == "cpu" else None
-    io.write_json(io.dir.meta, {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
-                                "bf16": bf16, "cpu_allocator": allocator})
-    files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), precision=cfg.precision)
-    options = EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
-                            channels_last=cfg.channels_last, compile=cfg.compile,
-                            eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta)
+    provider = _teacher_outputs(teacher_cache, method, train_loader, io) if teacher is not None else None
+    options = _write_run_files(cfg, io, splits, device, identity)
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
-           f"{' bf16' if bf16 else ''}")
+           f"{' bf16' if options.bf16 else ''}")
     result = Trainer(method, train_loader, eval_loaders, options, io, teacher_cache=provider).fit()
     if provider is not None:
         provider.flush()
     io.write_json(io.dir.result, result)
-    return result
+    return result, method
+
+
+def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
+    """The shared teacher-logit provider for this run, when the method reads the teacher's logits only."""
+    if teacher_cache is None or not method.uses_teacher_logits_only():
+        return None
+    if train_loader.stream_key is None:
+        io.log("teacher outputs are not shared for this run: its data's views are the Dataset's own, not a pure "
+               "function of (seed, epoch), so the teacher runs live")
+        return None
+    return teacher_cache(train_loader.stream_key)
+
+
+def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device,
+                     identity: dict) -> EngineOptions:
+    """config.yaml, identity.json and meta.json; returns the engine options (with the weights' metadata)."""
+    bf16 = use_bf16(cfg.precision, device)
+    allocator = tune_cpu_allocator() if device.type == "cpu" else None
+    imports = saved_imports(cfg)
+    io.write_json(io.dir.meta, {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
+                                "bf16": bf16, "cpu_allocator": allocator, "imports": identity["plugins"]})
+    io.write_json(io.dir.identity, identity)
+    files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), imports=imports,
+                      precision="bf16" if bf16 else "fp32")
+    return EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
+                         channels_last=cfg.channels_last, compile=cfg.compile,
+                         eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta)
 
 
 def _prepare(method, train_loader, splits: Splits, device: torch.device) -> None:
@@ -157,18 +231,44 @@ def _prepare(method, train_loader, splits: Splits, device: torch.device) -> None
 
 
 def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: str = "auto") -> dict:
-    """Evaluate a saved student (a run directory or a ``.safetensors`` file) on its dataset's val and test splits."""
-    from kdlab.engine.evaluate import evaluate
-
+    """Evaluate a saved student (a run directory or a ``.safetensors`` file) on its dataset's val and test splits, as
+    the run did: the same data settings (subset, validation split) and precision, unless ``overrides`` say otherwise."""
     device = resolve_device(device_name)
     model, meta = load_model(path, device)
-    data_cfg = from_dict(DataConfig, {**meta["dataset"], **(overrides or {})}, prefix="dataset.")
+    data_cfg = from_dict(DataConfig, {**meta.get("dataset", {}), **(overrides or {})}, prefix="dataset.")
     splits = load_splits(data_cfg)
+    _check_fits(meta, splits.info, path)
+    bf16 = meta.get("precision") == "bf16" and use_bf16("auto", device)
     result: dict = {"epochs": meta.get("epoch"), "run_dir": str(Path(path).parent if Path(path).is_file() else path),
-                    "model": meta.get("model")}
+                    "model": meta.get("model"), "precision": "bf16" if bf16 else "fp32"}
+    return {**result, **_evaluate_splits(model, splits, data_cfg, device, bf16)}
+
+
+def evaluate_module(model: torch.nn.Module, data_cfg: DataConfig, live: Live, device_name: str = "auto",
+                    precision: str = "auto") -> dict:
+    """Val and test metrics of a module on the data ``data_cfg`` names (``live`` holds Dataset objects)."""
+    device = resolve_device(device_name)
+    splits = load_splits(data_cfg, data=live.data.get(data_cfg.name))
+    bf16 = use_bf16(precision, device)
+    model = model.to(device).eval()
+    return {"model": type(model).__name__, "precision": "bf16" if bf16 else "fp32",
+            **_evaluate_splits(model, splits, data_cfg, device, bf16)}
+
+
+def _check_fits(meta: dict, info, path) -> None:
+    if meta.get("in_channels") != info.in_channels or meta.get("num_classes") != info.num_classes:
+        raise ConfigError(f"{path} takes {meta.get('in_channels')}-channel images of {meta.get('num_classes')} "
+                          f"classes; this data has {info.in_channels} channel(s) and {info.num_classes} classes "
+                          f"(dataset.channels=... repeats grey images)")
+
+
+def _evaluate_splits(model, splits: Splits, data_cfg: DataConfig, device: torch.device, bf16: bool) -> dict:
+    from kdlab.engine.evaluate import evaluate
+
+    result: dict = {}
     for split in ("val", "test"):
         loader = make_loader(getattr(splits, split), splits.info, data_cfg, train=False, device=device)
         if loader.num_samples:
-            metrics = evaluate(model, loader, device)
+            metrics = evaluate(model, loader, device, bf16)
             result.update({f"{split}_{k}": v for k, v in metrics.items() if k != "n"})
     return result

@@ -1,0 +1,180 @@
+"""kdlab's Python API: what the CLI runs, callable from a script or a notebook with the user's own objects.
+
+    import kdlab
+    teacher = kdlab.train(model="resnet20", data="fashion_mnist", epochs=4)
+    student = kdlab.distill(student=MyNet(), teacher=teacher, method={"name": "kd", "T": 4}, data="fashion_mnist",
+                            epochs=3, optim={"lr": 0.05})
+    student.metrics["test_top1"], student.history, student.model, student.run_dir
+    kdlab.evaluate(student.run_dir)
+
+Keyword arguments are the keys of the CLI and the YAML files (``epochs=``, ``optim={...}``, ``dataset={...}``,
+``method={"name": "kd", "T": 4}``, ``imports=[...]``) and are validated the same way. A model, student or teacher may
+be a registered name (``"resnet18"``, ``"my_models:Net"``), a config dict (``{"name": "resnet18", "pretrained":
+"torchvision"}``), a run directory or checkpoint, a :class:`Run`, or an ``nn.Module``; data a dataset name, a dict of
+dataset settings, an image folder, or ``torch.utils.data.Dataset``/``DataLoader`` objects (see
+:mod:`kdlab.data.custom`); a method a name, a dict, a Method subclass or a loss function. Semantics are the CLI's: a
+run directory per run, train-or-load, exact resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
+from kdlab.console import ensure_logging, log
+from kdlab.errors import ConfigError
+from kdlab.runner.live import Live
+from kdlab.runner.run import Run
+
+__all__ = ["train", "distill", "evaluate", "Run"]
+
+
+def train(model: Any = "resnet20", data: Any = "fashion_mnist", *, method: Any = "ce", teacher: Any = None,
+          **settings: Any) -> Run:
+    """Train ``model`` (cross-entropy unless ``method`` says otherwise) on ``data``; train-or-load, resumable."""
+    from kdlab.runner.single import train_run
+
+    ensure_logging()
+    cfg, live, splits = _config(model, data, method, teacher, settings)
+    result, trained = train_run(cfg, splits=splits, live=live)
+    return Run.from_result(cfg, result, trained, live)
+
+
+def distill(student: Any, teacher: Any, method: Any = "kd", data: Any = "fashion_mnist", **settings: Any) -> Run:
+    """Distill ``teacher`` (frozen, in eval mode) into ``student`` with ``method``; see :func:`train`."""
+    if method in ("ce", None):
+        raise ConfigError("distill needs a method (method='kd', 'fitnets', 'at', ...); use kdlab.train for plain "
+                          "training")
+    return train(student, data, method=method, teacher=teacher, **settings)
+
+
+def evaluate(model: Any, data: Any = None, *, device: str = "auto", **dataset: Any) -> dict:
+    """Val and test metrics of a trained model: a :class:`Run`, a run directory / ``.safetensors`` file (evaluated on
+    its own data, split and precision), or an ``nn.Module`` with ``data``. ``dataset`` keys override data settings."""
+    from kdlab.runner.single import evaluate_checkpoint, evaluate_module
+
+    if isinstance(model, Run):
+        return model.evaluate(data, device=device, **dataset)
+    if isinstance(model, nn.Module):
+        if data is None:
+            raise ConfigError("evaluate(module) needs data=...")
+        live = Live()
+        cfg = from_dict(DataConfig, {**_data_entry(data, live), **dataset}, prefix="dataset.")
+        return evaluate_module(model, cfg, live, device)
+    if data is not None:
+        dataset = {**_data_entry(data, Live()), **dataset}
+    return evaluate_checkpoint(str(model), dataset, device)
+
+
+# -- building a config from Python objects ---------------------------------------------------------------------------
+def _config(model: Any, data: Any, method: Any, teacher: Any, settings: dict) -> tuple[TrainConfig, Live, Any]:
+    live = Live()
+    tree: dict[str, Any] = dict(settings)
+    tree["model"] = _model_entry(model, live)
+    tree["dataset"] = {**_data_entry(data, live), **dict(settings.get("dataset") or {})}
+    tree["method"] = _method_entry(method, live)
+    cfg = from_dict(TrainConfig, tree)
+    splits = None
+    if teacher is not None:
+        cfg.teacher, splits = _teacher(teacher, cfg, live)
+    return cfg, live, splits
+
+
+def _model_entry(model: Any, live: Live) -> dict:
+    if isinstance(model, Run):
+        model = model.run_dir
+    if isinstance(model, nn.Module):
+        return {"name": live.add("models", model)}
+    if isinstance(model, dict):
+        return dict(model)
+    if isinstance(model, (str, Path)) and _is_checkpoint(model):
+        return _checkpoint_entry(model)
+    if isinstance(model, str):
+        return {"name": model}
+    raise ConfigError(f"model must be a name, a config dict, a checkpoint or an nn.Module; got {type(model).__name__}")
+
+
+def _is_checkpoint(path: str | Path) -> bool:
+    from kdlab.rundir import weights_file
+
+    return Path(path).exists() and weights_file(path).suffix == ".safetensors"
+
+
+def _checkpoint_entry(path: str | Path) -> dict:
+    """Start from a kdlab checkpoint: its architecture, initialized from its weights."""
+    from kdlab.files import load_weights
+    from kdlab.models.saved import resolve_checkpoint
+
+    weights = resolve_checkpoint(path)
+    _, meta = load_weights(weights)
+    if "model" not in meta:
+        raise ConfigError(f"{weights} is not a kdlab checkpoint; pass model={{'name': ..., 'pretrained': '{weights}'}}")
+    return {"name": meta["model"], "pretrained": str(weights), **meta.get("model_kwargs", {})}
+
+
+def _data_entry(data: Any, live: Live) -> dict:
+    if isinstance(data, dict) and ("name" in data or not set(data) & {"train", "val", "test"}):
+        return dict(data)
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        return {"name": "imagefolder", "root": str(path)} if path.is_dir() else {"name": str(data)}
+    if data is None:
+        raise ConfigError("data is missing: a dataset name, an image folder or Dataset objects")
+    from kdlab.data.custom import data_parts
+
+    train = data_parts(data)["train"]
+    name = live.add("data", data, name=_object_name(getattr(train, "dataset", train)))
+    return {"name": name}
+
+
+def _object_name(obj: Any) -> str:
+    from kdlab.plugins import object_path
+
+    return object_path(obj)
+
+
+def _method_entry(method: Any, live: Live) -> dict:
+    if isinstance(method, dict):
+        entry = dict(method)
+        if not isinstance(entry.get("name"), str):
+            entry["name"] = live.add("methods", entry["name"])
+        return entry
+    if isinstance(method, str):
+        return {"name": method}
+    return {"name": live.add("methods", method)}
+
+
+def _teacher(teacher: Any, cfg: TrainConfig, live: Live) -> tuple[str, Any]:
+    """The config's teacher string, and the data when building the teacher needed it (it is reused for the run)."""
+    if isinstance(teacher, Run):  # in this process its module may be the user's object, which no path rebuilds
+        return (live.add("teachers", teacher.model) if teacher.has_live_model else str(teacher.run_dir)), None
+    if isinstance(teacher, nn.Module):
+        return live.add("teachers", teacher), None
+    if isinstance(teacher, Path) or (isinstance(teacher, str) and _looks_like_path(teacher)):
+        return str(teacher), None
+    from kdlab.data import load_splits
+    from kdlab.models import create_model
+    from kdlab.models.weights import load_pretrained
+
+    entry = {"name": teacher} if isinstance(teacher, str) else dict(teacher)
+    name, pretrained = entry.pop("name"), entry.pop("pretrained", None)
+    splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
+    module = create_model(name, num_classes=splits.info.num_classes, in_channels=splits.info.in_channels, **entry)
+    if pretrained:
+        load_pretrained(module, pretrained, arch=name)
+    else:
+        log.warning("teacher %s is not trained: it has fresh weights (give a run, a checkpoint or pretrained=...)",
+                    name)
+    return live.add("teachers", module, name=f"{name}-{pretrained or 'untrained'}"), splits
+
+
+def _looks_like_path(text: str) -> bool:
+    return Path(text).exists() or "/" in text or text.endswith(".safetensors")
+
+
+def config_dict(run: Run) -> dict:
+    """The resolved config of a run as plain data (what its config.yaml holds)."""
+    return to_dict(run.config)

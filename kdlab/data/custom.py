@@ -1,0 +1,238 @@
+"""The user's own data: ``torch.utils.data.Dataset`` objects (or DataLoaders) as kdlab splits, streamed in batches.
+
+    kdlab.train(model=..., data=my_dataset)                          # train only: val held out of it, no test
+    kdlab.train(model=..., data=(train_set, test_set))               # or (train, val, test), or a dict of them
+    kdlab.train(model=..., data=(train_loader, test_loader))         # a DataLoader lends its dataset, batch size,
+                                                                     # workers and collate function
+    kdlab train dataset=my_data:make_dataset                         # a plug-in function returning any of these
+
+A sample is ``(image, label)``: a Tensor ``[C, H, W]`` (float: used as it is, the Dataset's transform has normalized
+it; uint8: scaled to [0, 1], then ``dataset.normalize=imagenet`` applies if asked) or a PIL image, and an int label.
+The Dataset augments itself: kdlab adds no crop or flip, only ``dataset.pad``, ``dataset.channels`` and
+``dataset.image_size``. Labels come from the Dataset's ``targets``/``labels`` when it has them, else from reading
+each sample once.
+
+kdlab draws each epoch's order, and the DataLoader workers' seeds, from (seed, epoch), so a run resumes exactly when
+the Dataset's randomness comes from torch's RNG. A Dataset's views are not a pure function of (seed, epoch), so its
+loaders have no ``stream_key``: teacher outputs are not shared across methods for it (the teacher runs live).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data._utils.collate import default_collate
+
+from kdlab.batch import Batch
+from kdlab.config import DataConfig
+from kdlab.data.augment import normalization
+from kdlab.data.info import DatasetInfo
+from kdlab.errors import DataError
+
+_FINGERPRINT_SAMPLES = 8
+
+
+def sample_image(image: Any) -> torch.Tensor:
+    """A sample's image as a ``[C, H, W]`` tensor (PIL images and HxWxC uint8 arrays become uint8 CHW)."""
+    if isinstance(image, torch.Tensor):
+        return image if image.dim() == 3 else image.unsqueeze(0)
+    if hasattr(image, "getbands"):  # a PIL image
+        image = np.asarray(image)
+    if isinstance(image, np.ndarray):
+        array = image if image.ndim == 3 else image[:, :, None]
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+    raise DataError(f"a dataset sample's image is a {type(image).__name__}; expected a Tensor, a PIL image or an array")
+
+
+def _label(value: Any) -> int:
+    return int(value.item() if isinstance(value, torch.Tensor) else value)
+
+
+def dataset_labels(dataset: Dataset) -> torch.Tensor:
+    """All labels of a Dataset: its ``targets``/``labels`` attribute when it has one of the right length, else read."""
+    n = len(dataset)  # type: ignore[arg-type]
+    for attr in ("targets", "labels"):
+        values = getattr(dataset, attr, None)
+        if values is not None and not callable(values) and len(values) == n:
+            return torch.as_tensor(np.asarray([_label(v) for v in values]), dtype=torch.int64)
+    return torch.tensor([_label(dataset[i][1]) for i in range(n)], dtype=torch.int64)
+
+
+@dataclass(eq=False)
+class DatasetSplit:
+    """Some samples (``indices``) of a user Dataset, with their labels; optional DataLoader settings."""
+
+    dataset: Dataset
+    indices: torch.Tensor  # int64 positions in ``dataset``
+    labels: torch.Tensor  # int64, one per index
+    batch_size: Optional[int] = None  # a DataLoader's batch size (training only)
+    workers: Optional[int] = None
+    collate_fn: Optional[Callable] = None
+
+    in_memory = False
+    paths = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def subset(self, positions) -> "DatasetSplit":
+        idx = torch.as_tensor(list(positions) if isinstance(positions, range) else positions, dtype=torch.int64)
+        return replace(self, indices=self.indices[idx], labels=self.labels[idx])
+
+    def sample(self, i: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[int(self.indices[i])][:2]
+        return sample_image(image), _label(label)
+
+    @cached_property
+    def image_shape(self) -> tuple[int, int, int]:
+        if not len(self):
+            raise DataError("a dataset split is empty")
+        return tuple(self.sample(0)[0].shape)  # type: ignore[return-value]
+
+    @property
+    def decoded_bytes(self) -> int:
+        return 1 << 62  # never decoded into memory by kdlab
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A short hash of the labels and of a few samples' pixels (the first and the last ones)."""
+        h = hashlib.sha256(f"n={len(self)};type={type(self.dataset).__qualname__}".encode())
+        h.update(self.labels.numpy().tobytes())
+        picks = sorted({*range(min(_FINGERPRINT_SAMPLES, len(self))), *range(max(0, len(self) - 2), len(self))})
+        for i in picks:
+            h.update(self.sample(i)[0].contiguous().numpy().tobytes())
+        return h.hexdigest()[:16]
+
+
+def as_split(obj: Any) -> DatasetSplit:
+    """A Dataset or DataLoader as a whole-dataset split."""
+    loader = obj if isinstance(obj, DataLoader) else None
+    dataset = loader.dataset if loader is not None else obj
+    if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise DataError(f"data of type {type(obj).__name__} is not a map-style Dataset (with __len__ and __getitem__)")
+    labels = dataset_labels(dataset)
+    settings = {}
+    if loader is not None:
+        settings = {"batch_size": loader.batch_size, "workers": loader.num_workers, "collate_fn": loader.collate_fn}
+    return DatasetSplit(dataset, torch.arange(len(labels)), labels, **settings)
+
+
+def data_parts(data: Any) -> dict[str, Any]:
+    """``{"train": ..., "val": ..., "test": ...}`` from a Dataset/DataLoader, a (train, test) or (train, val, test)
+    tuple, or a dict with those keys (val and test optional)."""
+    if isinstance(data, dict):
+        unknown = set(data) - {"train", "val", "test"}
+        if "train" not in data or unknown:
+            raise DataError(f"data dict needs 'train' and may have 'val' and 'test'; got keys {sorted(data)}")
+        return {k: v for k, v in data.items() if v is not None}
+    if isinstance(data, (tuple, list)):
+        names = {1: ("train",), 2: ("train", "test"), 3: ("train", "val", "test")}.get(len(data))
+        if names is None:
+            raise DataError(f"data tuple must be (train,), (train, test) or (train, val, test); got {len(data)} items")
+        return {k: v for k, v in zip(names, data) if v is not None}
+    return {"train": data}
+
+
+def object_info(name: str, parts: dict[str, DatasetSplit], cfg: DataConfig) -> DatasetInfo:
+    train = parts["train"]
+    classes = getattr(train.dataset, "classes", None)
+    seen = int(max(int(p.labels.max()) for p in parts.values() if len(p)) + 1)
+    num_classes = len(classes) if isinstance(classes, (list, tuple)) and len(classes) >= seen else seen
+    names = tuple(str(c) for c in classes) if num_classes == len(classes or ()) else tuple(map(str, range(num_classes)))
+    c, h, w = train.image_shape
+    return DatasetInfo(name=name, num_classes=num_classes, in_channels=c, image_size=(h, w), class_names=names,
+                       mean=(0.0,) * c, std=(1.0,) * c, flip=False)
+
+
+class DatasetLoader:
+    """The streaming loader of a :class:`DatasetSplit`: the same interface as :class:`kdlab.data.BatchLoader`."""
+
+    def __init__(self, split: DatasetSplit, info: DatasetInfo, cfg: DataConfig, *, train: bool,
+                 device: torch.device, seed: int = 0) -> None:
+        self.split, self.info, self.train, self.seed = split, info, train, seed
+        self.device = torch.device(device)
+        self.batch_size = (split.batch_size or cfg.batch_size) if train else cfg.eval_batch_size
+        self.workers = split.workers if split.workers is not None else cfg.workers
+        self.epoch = 0
+        self.pad, self.out_size = cfg.pad, (cfg.image_size, cfg.image_size) if cfg.image_size else None
+        c = split.image_shape[0] if len(split) else info.in_channels
+        self.channels = cfg.channels if cfg.channels and cfg.channels != c else None
+        mean, std = normalization(info, cfg.normalize, self.channels or c)
+        self._scale = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
+        self.stream_key = None  # views are the Dataset's own: never shared across methods
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.split)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        c, h, w = self.split.image_shape
+        return (self.channels or c, *(self.out_size or (h + 2 * self.pad, w + 2 * self.pad)))
+
+    def __len__(self) -> int:
+        n, b = len(self.split), self.batch_size
+        return n // b if self.train and n > b else -(-n // b)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[Batch]:
+        from kdlab.data.loader import epoch_generator
+
+        n, b = len(self.split), self.batch_size
+        gen = epoch_generator(self.seed, self.epoch)
+        order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        batches = [order[i * b:min((i + 1) * b, n)].tolist() for i in range(len(self))]
+        loader = DataLoader(_Indexed(self.split), batch_sampler=batches, num_workers=self.workers,
+                            collate_fn=_Collate(self.split.collate_fn), generator=gen,
+                            pin_memory=self.device.type == "cuda")
+        for images, labels, index in loader:
+            images = self._prepare(images.to(self.device, non_blocking=True))
+            yield Batch(images, labels.to(self.device), index=index.to(self.device))
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dtype == torch.uint8:
+            mean, std = (t.to(images.device) for t in self._scale)
+            if self.channels:
+                images = images.repeat_interleave(self.channels // images.shape[1], dim=1)
+            images = (images.float() / 255.0 - mean) / std
+        elif self.channels:
+            images = images.float().repeat_interleave(self.channels // images.shape[1], dim=1)
+        if self.pad:
+            images = F.pad(images, (self.pad,) * 4)
+        if self.out_size is not None and tuple(images.shape[-2:]) != self.out_size:
+            images = F.interpolate(images.float(), size=self.out_size, mode="bilinear", align_corners=False)
+        return images.float()
+
+
+class _Indexed(Dataset):
+    """Position i of a split -> (image tensor, label, i)."""
+
+    def __init__(self, split: DatasetSplit) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        image, label = self.split.sample(i)
+        return image, label, i
+
+
+class _Collate:
+    """The user's collate function (or PyTorch's default) over (image, label); the positions are collated beside."""
+
+    def __init__(self, collate_fn: Optional[Callable]) -> None:
+        self.collate_fn = collate_fn or default_collate
+
+    def __call__(self, samples: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = self.collate_fn([(x, y) for x, y, _ in samples])
+        return images, torch.as_tensor(labels, dtype=torch.int64), torch.tensor([i for _, _, i in samples])

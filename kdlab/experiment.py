@@ -1,0 +1,148 @@
+"""``kdlab.Experiment``: an experiment from a YAML file, a dict or keyword arguments, with Python objects allowed.
+
+    exp = kdlab.Experiment("configs/cifar10_resnet50_resnet18.yaml", seeds=[0])        # a file, plus overrides
+    exp = kdlab.Experiment(name="mine", dataset=(train_set, test_set),
+                           teachers=[{"model": BigNet(), "label": "big"}],
+                           students=[SmallNet(), {"name": "resnet18", "pretrained": "torchvision"}],
+                           methods=["kd", {"name": "fitnets", "hint_weight": 100}, my_loss],
+                           seeds=[0, 1, 2], student_schedule={"epochs": 3})
+    exp.run()
+    exp.report()          # in Jupyter: the table and the figures, inline
+
+A model given as an ``nn.Module`` starts every one of its runs from a copy of its current weights; data as Dataset
+objects (see :mod:`kdlab.data.custom`), or ``{"data": objects, "batch_size": 32, ...}`` with dataset settings; a
+method as a Method subclass or a loss function. Everything else is what an
+experiment file says (see :mod:`kdlab.runner.plan`), validated the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import json
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kdlab.config import _deep_merge, load_yaml
+from kdlab.console import ensure_logging, log
+from kdlab.runner.live import Live
+from kdlab.runner.plan import ExperimentConfig, default_experiment_path, load_experiment
+
+
+class Experiment:
+    def __init__(self, source: str | Path | dict | None = None, /, **settings: Any) -> None:
+        if source is None and not settings:
+            source = default_experiment_path()
+        tree = load_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+        self.live = Live()
+        tree = _deep_merge(tree, {k: v for k, v in settings.items() if k not in _OBJECT_KEYS})
+        for key in _OBJECT_KEYS:
+            if key in settings:
+                tree[key] = settings[key]
+        self.config: ExperimentConfig = load_experiment(self._named(tree))
+
+    @property
+    def directory(self) -> Path:
+        return self.config.directory
+
+    def run(self) -> dict:
+        """Train or load every run of the plan (resumable; a lock keeps two runs of it apart); returns the summary."""
+        from kdlab.runner.experiment import ExperimentRunner
+
+        ensure_logging()
+        return ExperimentRunner(self.config, log=log.info, live=self.live).run()
+
+    def report(self, device: str = "cpu") -> "Report":
+        """Write the comparison report (tables, figures, index.html) and return it."""
+        from kdlab.report import build_report
+
+        ensure_logging()
+        objects = self.live.data.get(self.config.dataset.name)
+        return Report(build_report(self.directory, device=device, log=log.info, data=objects, models=self.live.models))
+
+    # -- Python objects -> names ----------------------------------------------------------------------------------------
+    def _named(self, tree: dict) -> dict:
+        tree = dict(tree)
+        for key in ("teachers", "students"):
+            tree[key] = [self._model(entry) for entry in tree.get(key) or []]
+        tree["methods"] = [self._method(entry) for entry in tree.get("methods") or []]
+        data = tree.get("dataset")
+        if isinstance(data, dict) and "data" in data:  # {"data": Dataset objects, <dataset settings>}
+            settings = {k: v for k, v in data.items() if k != "data"}
+            tree["dataset"] = {**settings, "name": self.live.add("data", data["data"], name=_data_name(data["data"]))}
+        elif data is not None and not isinstance(data, (str, dict)) or _is_data_dict(data):
+            tree["dataset"] = {"name": self.live.add("data", data, name=_data_name(data))}
+        return tree
+
+    def _model(self, entry: Any) -> Any:
+        if isinstance(entry, nn.Module):
+            entry = {"model": entry}
+        if isinstance(entry, dict) and isinstance(entry.get("model"), nn.Module):
+            entry = dict(entry)
+            module = entry.pop("model")
+            entry["name"] = self.live.add("models", module, factory=lambda m=module: copy.deepcopy(m))
+            entry.setdefault("label", type(module).__name__)
+        return entry
+
+    def _method(self, entry: Any) -> Any:
+        if isinstance(entry, (str, dict)) and not (isinstance(entry, dict) and not isinstance(entry.get("name"), str)):
+            return entry
+        obj = entry["name"] if isinstance(entry, dict) else entry
+        named = {**(entry if isinstance(entry, dict) else {}), "name": self.live.add("methods", obj)}
+        named.setdefault("label", getattr(obj, "__name__", "method"))
+        return named
+
+
+_OBJECT_KEYS = ("teachers", "students", "methods", "dataset")
+
+
+def _is_data_dict(data: Any) -> bool:
+    return isinstance(data, dict) and "name" not in data and bool(set(data) & {"train", "val", "test"})
+
+
+def _data_name(data: Any) -> str:
+    from kdlab.data.custom import data_parts
+    from kdlab.plugins import object_path
+
+    train = data_parts(data)["train"]
+    return object_path(getattr(train, "dataset", train))
+
+
+class Report:
+    """A written report: its folder, its rows (results.json), and an inline view for Jupyter."""
+
+    FIGURES = ("gains.png", "accuracy.png", "curves.png", "reliability.png")
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.data = json.loads((self.path / "results.json").read_text())
+
+    @property
+    def rows(self) -> list[dict]:
+        return list(self.data["rows"])
+
+    @property
+    def table(self) -> Any:
+        """The rows as a pandas DataFrame (needs pandas)."""
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    @property
+    def html(self) -> Path:
+        return self.path / "index.html"
+
+    def __repr__(self) -> str:
+        return f"Report({str(self.path)!r}, {len(self.rows)} rows; open {self.html})"
+
+    def _repr_html_(self) -> str:
+        markdown = (self.path / "results.md").read_text()
+        table = "".join(f"<tr>{''.join(f'<td>{escape(c.strip())}</td>' for c in line.strip('|').split('|'))}</tr>"
+                        for line in markdown.splitlines() if line.startswith("|") and "---" not in line)
+        images = "".join(f'<img style="max-width:48%" src="data:image/png;base64,'
+                         f'{base64.b64encode((self.path / f).read_bytes()).decode()}">'
+                         for f in self.FIGURES if (self.path / f).is_file())
+        return f"<h4>{escape(str(self.data.get('name')))}</h4><table>{table}</table><div>{images}</div>"
