@@ -24,9 +24,8 @@ so a resumed run continues exactly; negatives come from torch's global RNG (save
 
 Negatives: the reference (``mode=exact``) draws them in its data loader from the images of the other classes. kdlab's
 loaders know nothing of CRD, so the method keeps every row's label (a buffer filled from ``batch.labels`` as batches
-come) and draws uniformly, drawing a negative again while it has the anchor's class (4 redraws: a fraction (1/C)^5 of
-same-class negatives survives with C classes; rows not yet seen in the first epoch count as other-class).
-``other_class_negatives=false`` draws uniformly from all N rows (the reference's memory-side sampler).
+come) and draws uniformly from the rows of the other classes (rows not seen yet, in the first epoch, count as other
+classes). ``other_class_negatives=false`` draws uniformly from all N rows (the reference's memory-side sampler).
 
 Other deviations, same values: scores are the anchor times the whole bank, then the K + 1 sampled columns are gathered
 (without materializing B × (K+1) × 128 rows); the bank update is out of place (the old bank stays alive until backward
@@ -51,19 +50,28 @@ EPS = 1e-7
 
 
 def sample_contrast_indices(index: Tensor, num_samples: int, k: int, labels: Tensor | None = None,
-                            row_labels: Tensor | None = None, redraws: int = 4) -> Tensor:
-    """B × (K+1) bank rows: column 0 the positive (``index``), then K uniform draws from torch's global RNG.
+                            row_labels: Tensor | None = None) -> Tensor:
+    """B × (K+1) bank rows: column 0 the positive (``index``), then K negatives drawn with torch's global RNG.
 
-    With ``labels`` (the anchors') and ``row_labels`` (every row's, −1 where unknown), a negative of the anchor's own
-    class is drawn again, ``redraws`` times (a fixed number of draws, so the RNG advances the same whatever the labels).
+    Without labels the negatives are uniform over all rows. With the anchors' ``labels`` and every row's
+    ``row_labels`` (−1 where unknown) they are uniform over the rows of the *other* classes: rows sorted by label,
+    the anchor's class is a contiguous block that the draw skips (uniform over all rows if no other row exists).
     """
     shape = (len(index), k)
-    negatives = torch.randint(0, num_samples, shape, device=index.device)
-    if labels is not None and row_labels is not None:
-        for _ in range(redraws):
-            same = row_labels[negatives] == labels.view(-1, 1)
-            negatives = torch.where(same, torch.randint(0, num_samples, shape, device=index.device), negatives)
-    return torch.cat([index.view(-1, 1), negatives], dim=1)
+    if labels is None or row_labels is None:
+        negatives = torch.randint(0, num_samples, shape, device=index.device)
+        return torch.cat([index.view(-1, 1), negatives], dim=1)
+    order = torch.argsort(row_labels, stable=True)
+    sorted_labels = row_labels[order]
+    start = torch.searchsorted(sorted_labels, labels)
+    n_same = torch.searchsorted(sorted_labels, labels, right=True) - start
+    n_other = num_samples - n_same
+    n_same = torch.where(n_other > 0, n_same, torch.zeros_like(n_same))
+    n_other = torch.where(n_other > 0, n_other, torch.full_like(n_other, num_samples))
+    u = torch.rand(shape, dtype=torch.float64, device=index.device) * n_other.view(-1, 1)
+    u = torch.minimum(u.long(), n_other.view(-1, 1) - 1)
+    position = u + (u >= start.view(-1, 1)).long() * n_same.view(-1, 1)
+    return torch.cat([index.view(-1, 1), order[position]], dim=1)
 
 
 @fp32

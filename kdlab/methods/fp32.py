@@ -2,7 +2,8 @@
 
 Under bf16/fp16 autocast, matrix products (Gram matrices, pairwise distances, memory-bank scores) would otherwise run in
 reduced precision even on ``.float()`` inputs. The decorator turns autocast off for the device of the first tensor
-argument and casts every floating-point tensor argument (also inside lists and tuples) to float32.
+argument and casts every floating-point tensor argument narrower than float32 (also inside lists and tuples) to
+float32; float64 stays float64.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _to_fp32(value: Any) -> Any:
     if isinstance(value, Tensor):
-        return value.float() if value.is_floating_point() else value
+        return value.float() if value.is_floating_point() and torch.finfo(value.dtype).bits < 32 else value
     if isinstance(value, (list, tuple)):
         return type(value)(_to_fp32(v) for v in value)
     return value
@@ -36,7 +37,7 @@ def _device_type(values: Any) -> str:
 
 
 def fp32(fn: F) -> F:
-    """Decorate a loss function: float32 tensor arguments, autocast disabled inside."""
+    """Decorate a loss function: at least float32 tensor arguments, autocast disabled inside."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
