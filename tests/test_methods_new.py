@@ -98,10 +98,11 @@ def test_embedding_methods_work_on_a_plain_sequential_student():
         assert all(torch.isfinite(v) for k, v in out.items() if k.startswith("loss_")), name
 
 
-# -- logit standardization ----------------------------------------------------------------------------------------------
+# -- logit standardization --------------------------------------------------------------------------------------------
 def test_standardize_by_hand():
     # mean 2, unbiased std 1: (z − 2) / (1 + 1e-7)
-    torch.testing.assert_close(standardize(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[-1.0, 0.0, 1.0]]) / (1 + 1e-7))
+    expected = torch.tensor([[-1.0, 0.0, 1.0]]) / (1 + 1e-7)
+    torch.testing.assert_close(standardize(torch.tensor([[1.0, 2.0, 3.0]])), expected)
     z = randn(4, 7)
     # invariant to a per-row shift and a positive scale
     torch.testing.assert_close(standardize(3.0 * z + 5.0), standardize(z), rtol=1e-5, atol=1e-5)

@@ -19,8 +19,9 @@ train_student.py: feat_dim 128, nce_k 16384, nce_t 0.07, nce_m 0.5; scripts: ``-
 CE weight 1, on the penultimate embedding (``"<classifier>:input"``; ``student_layers``/``teacher_layers``, one pair).
 
 Each image's bank row is ``batch.index``, its position in the training split; the banks are sized by
-``num_samples`` given to ``prepare``. The banks, the rows' labels and Z are buffers of the extra module ``head``: checkpoints hold them,
-so a resumed run continues exactly; negatives come from torch's global RNG (saved in checkpoints too).
+``num_samples`` given to ``prepare``. The banks, the rows' labels and Z are buffers of the extra module ``head``:
+checkpoints hold them, so a resumed run continues exactly; negatives come from torch's global RNG (saved in
+checkpoints too).
 
 Negatives: the reference (``mode=exact``) draws them in its data loader from the images of the other classes. kdlab's
 loaders know nothing of CRD, so the method keeps every row's label (a buffer filled from ``batch.labels`` as batches

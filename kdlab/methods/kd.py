@@ -9,7 +9,7 @@ convention (alpha on the hard term).
 
 ``logit_standardization=true`` Z-scores both logits per sample before the softmax (Sun et al. 2024, see logits.py).
 The paper's CIFAR-100 setting is T = 2 and a KD weight of 9 beside CE 0.1 (sunshangquan/logit-standardization-KD
-README and tools/train.py: ``--logit-stand --base-temp 2 --kd-weight 9``; a few pairs use T = 3, one T = 4 with 12).
+README and tools/train.py: ``--logit-stand --base-temp 2 --kd-weight 9``; its per-pair logs use T = 2–4, weight 1–12).
 ``alpha`` cannot express 0.1 + 9 (its weights sum to 1), so reproduce it as a composite with ``ce``:
 ``method=kd+ce method.kd.logit_standardization=true method.kd.T=2 method.kd.weight=10`` (10 × alpha 0.9 = 9; the
 composite's CE weight is min(0.1, 1) = 0.1). Off by default: the loss is then exactly as before.
