@@ -9,9 +9,20 @@ from fixtures_methods import (RaisingTeacher, make_data, make_student, make_stud
 from kdlab.batch import Batch
 from kdlab.methods import METHODS, build_method
 
-COMPOSITES = ["kd+fitnets", "kd+at", "at+kd_features"]
+COMPOSITES = ["kd+fitnets", "kd+at", "at+kd_features", "kd+crd", "mlkd+reviewkd"]
 NAMES = METHODS.list() + COMPOSITES
 STUDENTS = {"same_shapes": make_student, "other_shapes": make_student_other_shapes}
+# Here every batch is the whole split, so CRD refreshes each memory-bank row at every step (training refreshes a row
+# once per epoch): with its momentum 0.5 the banks then move as fast as the weights and the loss oscillates under SGD
+# momentum 0.9. A slower bank restores the per-epoch regime of a real run.
+TEST_PARAMS = {"crd": {"nce_m": 0.9}}
+
+
+def params_for(name: str) -> dict:
+    parts = name.split("+")
+    if len(parts) == 1:
+        return dict(TEST_PARAMS.get(name, {}))
+    return {part: dict(TEST_PARAMS[part]) for part in parts if part in TEST_PARAMS}
 
 
 @pytest.fixture(autouse=True)
@@ -35,6 +46,15 @@ def total(out: dict) -> torch.Tensor:
     return sum(v for k, v in out.items() if k.startswith("loss_"))
 
 
+def batch(images: torch.Tensor, labels: torch.Tensor, **extra) -> Batch:
+    """A batch whose samples are the first ``n`` of a split of ``n`` (CRD reads its memory-bank rows by index)."""
+    return Batch(images, labels, index=torch.arange(len(labels)), **extra)
+
+
+def prepare(method, images: torch.Tensor, n: int) -> None:
+    method.prepare(images, num_samples=n, num_classes=4)
+
+
 @pytest.mark.parametrize("student_kind", sorted(STUDENTS))
 @pytest.mark.parametrize("name", NAMES)
 def test_method_trains(name, student_kind, teacher):
@@ -42,9 +62,9 @@ def test_method_trains(name, student_kind, teacher):
     student = STUDENTS[student_kind]()
     student_keys = set(student.state_dict())
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
-    method = build_method(name, {}, student, teacher)
+    method = build_method(name, params_for(name), student, teacher)
     images, labels = make_data()
-    method.prepare(images[:8])
+    prepare(method, images[:8], len(images))
     params = method.trainable_parameters()
     assert not {id(p) for p in teacher.parameters()} & {id(p) for p in params}
     opt = torch.optim.SGD(params, lr=0.02, momentum=0.9)
@@ -52,7 +72,7 @@ def test_method_trains(name, student_kind, teacher):
     assert not teacher.training
     losses = []
     for step in range(20):
-        out = method(Batch(images, labels))
+        out = method(batch(images, labels))
         loss = total(out)
         opt.zero_grad()
         loss.backward()
@@ -75,7 +95,7 @@ def test_extra_modules_exist_where_expected(teacher):
     images, _ = make_data(8)
     for name, n_extra in [("fitnets", 1), ("kd_features", 1), ("byot", 2), ("kd+fitnets", 1), ("kd", 0), ("at", 0)]:
         method = build_method(name, {}, make_student(), teacher)
-        method.prepare(images)
+        prepare(method, images, len(images))
         assert sum(1 for m in method.extra_modules() for _ in m.parameters()) > 0 if n_extra else True
         state = method.trainable_state_dict()
         if name == "byot":
@@ -88,9 +108,9 @@ def test_extra_modules_exist_where_expected(teacher):
 def test_losses_are_fp32_under_bf16_autocast(name, teacher):
     method = build_method(name, {}, make_student(), teacher)
     images, labels = make_data(8)
-    method.prepare(images)
+    prepare(method, images, len(images))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = method(Batch(images, labels))
+        out = method(batch(images, labels))
     for key, value in out.items():
         if key.startswith("loss_"):
             assert value.dtype == torch.float32 and value.dim() == 0, key
@@ -107,13 +127,13 @@ def test_precomputed_teacher_logits_replace_the_teacher(teacher):
         live.eval()
         offline = build_method(name, {}, live.student, RaisingTeacher())
         offline.eval()
-        expected = {k: v for k, v in live(Batch(images, labels)).items() if k.startswith("loss_")}
-        got = {k: v for k, v in offline(Batch(images, labels, teacher_logits=given)).items() if k.startswith("loss_")}
+        expected = {k: v for k, v in live(batch(images, labels)).items() if k.startswith("loss_")}
+        got = {k: v for k, v in offline(batch(images, labels, teacher_logits=given)).items() if k.startswith("loss_")}
         assert expected.keys() == got.keys()
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], msg=f"{name}: {key}")
         checked.append(name)
-    assert {"kd", "dkd", "dist"} <= set(checked)
+    assert {"kd", "dkd", "dist", "mlkd", "ctkd"} <= set(checked)
 
 
 def test_dml_students_are_distinct_and_all_saved():

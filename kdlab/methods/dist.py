@@ -8,6 +8,11 @@ Y = softmax(z/tau), per image across classes (inter-class) and per class across 
 
 Defaults as the authors' reference loss (hunto/DIST_KD): beta = gamma = 1, tau = 1, CE weight 1 (their CIFAR
 re-runs often use beta = gamma = 2, tau = 4). ρ uses eps = 1e-8 in the denominator, as the reference.
+
+``logit_standardization=true`` Z-scores both logits per sample before the softmax (Sun et al. 2024, see logits.py).
+The paper reports no DIST setting (its code applies the Z-score to KD, DKD, MLKD and CTKD); with it, tau sets the
+softmax's sharpness on unit-variance logits, so the paper's base temperatures 2–3 are the natural starting point.
+Off by default: the loss is then exactly as before.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from kdlab.methods.base import BaseParams, Context, Method, check_param
+from kdlab.methods.logits import prepare_logits
 from kdlab.methods.registry import METHODS
 
 
@@ -41,6 +47,7 @@ class DISTParams(BaseParams):
     beta: float = 1.0  # weight of the inter-class relation term (per image, across classes)
     gamma: float = 1.0  # weight of the intra-class relation term (per class, across the batch)
     tau: float = 1.0  # softmax temperature
+    logit_standardization: bool = False  # Z-score each sample's logits before the softmax (Sun et al. 2024)
 
 
 @METHODS.register("dist")
@@ -56,5 +63,6 @@ class DIST(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        inter, intra = dist_loss(ctx.logits, ctx.teacher_logits, p.beta, p.gamma, p.tau)
+        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, p.logit_standardization)
+        inter, intra = dist_loss(z_s, z_t, p.beta, p.gamma, p.tau)
         return {"loss_dist_inter": inter, "loss_dist_intra": intra}

@@ -21,6 +21,12 @@ collapses exactly as bf16 does, so it is not the arithmetic):
     dkd warmup_epochs=1 + optim.grad_clip=5                    83.83
 
 So on a short schedule keep a warm-up of several epochs, or clip gradients (``optim.grad_clip``).
+
+``logit_standardization=true`` Z-scores both logits per sample before the softmax (Sun et al. 2024, see logits.py).
+The paper's setting multiplies alpha and beta by 9 and sets T = 2, CE weight 1 and the warm-up unchanged
+(sunshangquan/logit-standardization-KD tools/train.py: ``cfg.DKD.ALPHA *= kd_weight``, ``BETA *= kd_weight``,
+``T = base_temp``; README: ``--base-temp 2 --kd-weight 9``): ``method.alpha=9 method.beta=72 method.T=2``.
+Off by default: the loss is then exactly as before.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.methods.base import BaseParams, Context, Method, check_param
+from kdlab.methods.logits import prepare_logits
 from kdlab.methods.registry import METHODS
 
 
@@ -60,6 +67,7 @@ class DKDParams(BaseParams):
     beta: float = 8.0  # weight of NCKD (distribution among the non-target classes)
     T: float = 4.0  # softmax temperature
     warmup_epochs: int = 20  # linear warm-up of the KD term; 0 turns it off
+    logit_standardization: bool = False  # Z-score each sample's logits before the softmax (Sun et al. 2024)
 
 
 @METHODS.register("dkd")
@@ -81,4 +89,5 @@ class DKD(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        return {"loss_dkd": self.kd_scale * dkd_loss(ctx.logits, ctx.teacher_logits, ctx.labels, p.alpha, p.beta, p.T)}
+        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, p.logit_standardization)
+        return {"loss_dkd": self.kd_scale * dkd_loss(z_s, z_t, ctx.labels, p.alpha, p.beta, p.T)}

@@ -9,6 +9,10 @@
 
 Outside ``capture()`` the hooks record nothing, so evaluating or saving the model is unaffected. Layer names come from
 a method's params; when empty, the model's ``stage_names`` attribute (dotted names, shallow to deep) is used.
+
+A name ending in ``:input`` records the module's (first positional) *input* instead of its output: ``"fc:input"`` is
+the penultimate embedding a classifier reads. :func:`embedding_layers` defaults to ``"<classifier>:input"``, the
+classifier being the model's last ``nn.Linear`` (:func:`classifier_name`).
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
 
+INPUT_SUFFIX = ":input"
+
+
+def split_layer(name: str) -> tuple[str, bool]:
+    """``"fc:input"`` -> ``("fc", True)``; ``"body.2"`` -> ``("body.2", False)``."""
+    if name.endswith(INPUT_SUFFIX):
+        return name[: -len(INPUT_SUFFIX)], True
+    return name, False
+
 
 class FeatureHooks:
     """Forward hooks that record the outputs of named submodules while ``capture()`` is active."""
@@ -28,7 +41,11 @@ class FeatureHooks:
     def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
         self.names = list(dict.fromkeys(names))  # unique, in order
         self._feats: dict[str, Tensor] | None = None
-        self._handles = [model.get_submodule(n).register_forward_hook(_Recorder(self, n)) for n in self.names]
+        self._handles = []
+        for name in self.names:
+            module_name, is_input = split_layer(name)
+            recorder = _Recorder(self, name, is_input)
+            self._handles.append(model.get_submodule(module_name).register_forward_hook(recorder))
 
     def record(self, name: str, output: object) -> None:
         if self._feats is None:
@@ -66,10 +83,14 @@ class _Recorder:
     """The hook: an object, not a closure, so a hooked model can be pickled, and a deep copy of it records into its own
     copy of the FeatureHooks, never into the original's."""
 
-    def __init__(self, hooks: FeatureHooks, name: str) -> None:
-        self.hooks, self.name = hooks, name
+    def __init__(self, hooks: FeatureHooks, name: str, is_input: bool = False) -> None:
+        self.hooks, self.name, self.is_input = hooks, name, is_input
 
-    def __call__(self, module: nn.Module, args: object, output: object) -> None:
+    def __call__(self, module: nn.Module, args: tuple, output: object) -> None:
+        if self.is_input:
+            if not args:
+                raise TypeError(f"module {self.name!r} was called without a positional input; hook another layer")
+            output = args[0]
         self.hooks.record(self.name, output)
 
 
@@ -80,10 +101,48 @@ def resolve_layers(model: nn.Module, names: Sequence[str], key: str) -> list[str
         raise ConfigError(f"{key}: {type(model).__name__} declares no stage_names; name its layers: {key}=[layer3]")
     for name in names:
         try:
-            model.get_submodule(name)
+            model.get_submodule(split_layer(name)[0])
         except AttributeError:
             raise ConfigError(f"{key}: {type(model).__name__} has no submodule {name!r}") from None
     return names
+
+
+def classifier_name(model: nn.Module, key: str) -> str:
+    """Dotted name of the model's classifier: its last ``nn.Linear`` (in registration order)."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    if not names:
+        raise ConfigError(f"{key}: {type(model).__name__} has no nn.Linear classifier; name the embedding layer: "
+                          f"{key}=[avgpool]")
+    return names[-1]
+
+
+def embedding_layers(model: nn.Module, names: Sequence[str], key: str) -> list[str]:
+    """``names`` (checked), or the penultimate embedding: ``["<classifier>:input"]``."""
+    if names:
+        return resolve_layers(model, names, key)
+    return [classifier_name(model, key) + INPUT_SUFFIX]
+
+
+def layer_pairs(student: nn.Module, teacher: nn.Module, student_names: Sequence[str], teacher_names: Sequence[str],
+                default: str) -> tuple[list[str], list[str]]:
+    """Student and teacher layers read in pairs, from a method's ``student_layers``/``teacher_layers`` params.
+
+    ``default`` says what an empty list means: ``"stages"`` every stage (``stage_names``; two stage lists of
+    different lengths are paired from the deep end), ``"last"`` the last stage, ``"embedding"`` the classifier's
+    input. Lists given by the user on both sides must have equal lengths.
+    """
+    s_key, t_key = "method.student_layers", "method.teacher_layers"
+    if default == "embedding":
+        s, t = embedding_layers(student, student_names, s_key), embedding_layers(teacher, teacher_names, t_key)
+    else:
+        s, t = resolve_layers(student, student_names, s_key), resolve_layers(teacher, teacher_names, t_key)
+        if default == "last":
+            s, t = (s if student_names else s[-1:]), (t if teacher_names else t[-1:])
+    if default == "stages" and not (student_names and teacher_names):
+        return pair_deepest(s, t)
+    if len(s) != len(t):
+        raise ConfigError(f"config key '{t_key}' must pair with {s_key} ({len(t)} vs {len(s)} layers)")
+    return s, t
 
 
 def pair_deepest(student: Sequence[str], teacher: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -96,6 +155,11 @@ def check_map(name: str, feature: Tensor) -> None:
     """Feature methods need N×C×H×W maps."""
     if feature.dim() != 4:
         raise ConfigError(f"layer {name!r} outputs shape {tuple(feature.shape)}; this method needs N×C×H×W maps")
+
+
+def as_map(feature: Tensor) -> Tensor:
+    """An N×C embedding as an N×C×1×1 map; maps pass unchanged."""
+    return feature[:, :, None, None] if feature.dim() == 2 else feature
 
 
 def match_spatial(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:

@@ -6,6 +6,13 @@ KL is summed over classes and averaged over the batch (``reduction="batchmean"``
 on the scale of the hard term's as T grows. Defaults T = 4, alpha = 0.9: the CRD/RepDistiller/mdistiller CIFAR
 protocol (0.1·CE + 0.9·KD). Here ``alpha`` weights the SOFT (teacher) term; beware, some code bases use the opposite
 convention (alpha on the hard term).
+
+``logit_standardization=true`` Z-scores both logits per sample before the softmax (Sun et al. 2024, see logits.py).
+The paper's CIFAR-100 setting is T = 2 and a KD weight of 9 beside CE 0.1 (sunshangquan/logit-standardization-KD
+README and tools/train.py: ``--logit-stand --base-temp 2 --kd-weight 9``; its per-pair logs use T = 2–4, weight 1–12).
+``alpha`` cannot express 0.1 + 9 (its weights sum to 1), so reproduce it as a composite with ``ce``:
+``method=kd+ce method.kd.logit_standardization=true method.kd.T=2 method.kd.weight=10`` (10 × alpha 0.9 = 9; the
+composite's CE weight is min(0.1, 1) = 0.1). Off by default: the loss is then exactly as before.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.methods.base import BaseParams, Context, Method, check_param
+from kdlab.methods.logits import prepare_logits
 from kdlab.methods.registry import METHODS
 
 
@@ -30,6 +38,7 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
 class KDParams(BaseParams):
     T: float = 4.0  # softmax temperature of both teacher and student
     alpha: float = 0.9  # weight of the soft (teacher) term; the hard CE gets 1 − alpha
+    logit_standardization: bool = False  # Z-score each sample's logits before the softmax (Sun et al. 2024)
 
 
 @METHODS.register("kd")
@@ -49,4 +58,5 @@ class KD(Method):
         return 1.0 - self.params.alpha
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        return {"loss_kd": self.params.alpha * kd_loss(ctx.logits, ctx.teacher_logits, self.params.T)}
+        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, self.params.logit_standardization)
+        return {"loss_kd": self.params.alpha * kd_loss(z_s, z_t, self.params.T)}

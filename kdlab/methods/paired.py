@@ -1,0 +1,39 @@
+"""Base of the methods that read student and teacher layers in pairs (rkd, pkt, sp, nst, vid, cc, crd, reviewkd).
+
+The pairs come from the method's ``student_layers``/``teacher_layers`` params through
+:func:`kdlab.methods.hooks.layer_pairs`; an empty list means the method's default (``layer_default``): every stage,
+the last stage, or the penultimate embedding (``"<classifier>:input"``). Any ``nn.Module`` works: layers are read by
+forward hooks on dotted module names.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+from kdlab.methods.base import BaseParams, Context, Method
+from kdlab.methods.hooks import layer_pairs
+
+
+class PairedMethod(Method):
+    layer_default: ClassVar[str] = "stages"  # "stages", "last" or "embedding"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: BaseParams | None = None) -> None:
+        super().__init__(student, teacher, params)
+        self.s_layers, self.t_layers = self.resolve_pairs(student, teacher)
+
+    def resolve_pairs(self, student: nn.Module, teacher: nn.Module) -> tuple[list[str], list[str]]:
+        """The student and teacher layers read in pairs (from the params, else ``layer_default``)."""
+        p = self.params
+        return layer_pairs(student, teacher, p.student_layers, p.teacher_layers, self.layer_default)
+
+    def student_layers(self) -> list[str]:
+        return self.s_layers
+
+    def teacher_layers(self) -> list[str]:
+        return self.t_layers
+
+    def feature_pairs(self, ctx: Context) -> list[tuple[Tensor, Tensor]]:
+        """(student feature, teacher feature) for every pair, shallow to deep."""
+        return [(ctx.features[s], ctx.teacher_features[t]) for s, t in zip(self.s_layers, self.t_layers)]
