@@ -22,6 +22,7 @@ from typing import Callable, Sequence
 from kdlab.config import TrainConfig, load_config, parse_value, split_args
 from kdlab.console import ensure_logging, log
 from kdlab.errors import ConfigError, KdlabError
+from kdlab.files import json_safe
 from kdlab.plugins import import_modules
 
 EXIT_USAGE = 2
@@ -88,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
     summary = ExperimentRunner(exp).run()
     report = _report(exp.directory, exp.device)
+    if summary["failed"]:
+        first = summary["failed"][0]
+        raise KdlabError(f"{len(summary['failed'])} of {summary['runs']} runs failed (the report has the others; run "
+                         f"the same command to retry them): {Path(first['run_dir']).name}: {first['error']}")
     return {"experiment_dir": str(exp.directory), "report": str(report), **summary}
 
 
@@ -147,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     if isinstance(result, dict):
-        print(json.dumps(result, sort_keys=True))
+        print(json.dumps(json_safe(result), sort_keys=True, allow_nan=False))
     return 0
 
 

@@ -278,6 +278,7 @@ class OptimConfig:
     milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: fractions of the run (< 1) or epochs
     gamma: float = 0.1  # multistep decay factor
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    skip_nonfinite: int = 0  # batches with a NaN/inf loss skipped (with a warning) before the run stops
 
 
 @dataclass

@@ -19,3 +19,7 @@ class DataError(KdlabError):
 
 class CheckpointError(KdlabError):
     """A checkpoint or weights file that is missing or does not fit the model."""
+
+
+class DivergenceError(KdlabError):
+    """Training stopped because a loss became NaN or infinite (the last good checkpoint is kept)."""

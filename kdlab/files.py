@@ -7,6 +7,7 @@ Weights are safetensors with a JSON metadata string under the ``kdlab`` key, so 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -46,8 +47,19 @@ def write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def json_safe(value: Any) -> Any:
+    """NaN and infinities become None (null): every JSON kdlab writes parses in any JSON parser."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:

@@ -12,6 +12,7 @@ One owner for the layout: the engine and the runner write through these names; t
     model.safetensors            the trained student (last epoch); best.safetensors: the val-selected epoch
     <name>.safetensors           further students of a method that trains several (dml: student2...)
     result.json                  final metrics; its presence marks the run finished
+    failure.json                 why a run stopped unfinished (a NaN loss: part, epoch, step); removed on success
     tensorboard/                 event files, when the optional ``tensorboard`` package is installed
 """
 
@@ -61,6 +62,14 @@ class RunDir:
     @property
     def result(self) -> Path:
         return self.path / "result.json"
+
+    @property
+    def failure(self) -> Path:
+        return self.path / "failure.json"
+
+    def read_failure(self) -> dict | None:
+        data = _read_json(self.failure)
+        return data if isinstance(data, dict) else None
 
     @property
     def model(self) -> Path:

@@ -25,6 +25,7 @@ from kdlab.engine.evaluate import evaluate
 from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.runio import RunIO
+from kdlab.errors import DivergenceError
 
 # (epoch, batch_index, batch) -> the teacher's logits for exactly these views, or None to let the method run the teacher
 TeacherCache = Callable[[int, int, Batch], Optional[Tensor]]
@@ -60,6 +61,7 @@ class Trainer:
         self.step_fn = torch.compile(method) if options.compile else method
         self.history: list[dict] = []
         self.best = {"val_top1": float("-inf"), "epoch": 0}
+        self.skipped = 0  # batches skipped for a non-finite loss (optim.skip_nonfinite)
 
     # -- public -------------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -95,7 +97,13 @@ class Trainer:
                 batch.images = batch.images.contiguous(memory_format=torch.channels_last)
             if self.teacher_cache is not None:
                 batch.teacher_logits = self.teacher_cache(epoch, index, batch)
-            out, loss, parts = train_step(self.step_fn, self.optimizer, batch, self.opt, method.trainable_parameters)
+            try:
+                out, loss, parts = train_step(self.step_fn, self.optimizer, batch, self.opt,
+                                              method.trainable_parameters)
+            except NonFiniteLoss as bad:
+                self._non_finite(bad, epoch, index)
+                self.scheduler.step()
+                continue
             self.scheduler.step()
             for name, value in {"loss": loss, **parts}.items():
                 sums[name] = sums.get(name, 0) + value.detach() * len(batch)
@@ -127,6 +135,21 @@ class Trainer:
         self.best = {"val_top1": row["val_top1"], "epoch": row["epoch"]}
         self.io.save_weights(self.io.dir.best, self._student_state("student"),
                              {**self.opt.model_meta, "epoch": row["epoch"], "selected_by": "val_top1"})
+
+    def _non_finite(self, bad: "NonFiniteLoss", epoch: int, index: int) -> None:
+        """Skip the batch while ``optim.skip_nonfinite`` allows, else stop: one line, the last checkpoint kept."""
+        where = f"{bad.part} is {bad.value} at epoch {epoch + 1}, step {index + 1}"
+        if self.skipped < self.opt.optim.skip_nonfinite:
+            self.skipped += 1
+            self.io.log(f"warning: {where}; batch skipped ({self.skipped} of optim.skip_nonfinite="
+                        f"{self.opt.optim.skip_nonfinite})")
+            return
+        kept = f"epoch {epoch}" if epoch else "none (it failed in its first epoch)"
+        message = (f"training diverged: {where}; the run is stopped and not finished; last good checkpoint: {kept}. "
+                   f"Lower optim.lr, set optim.grad_clip, or optim.skip_nonfinite=N to skip up to N such batches")
+        self.io.write_json(self.io.dir.failure, {"error": message, "part": bad.part, "epoch": epoch + 1,
+                                                 "step": index + 1})
+        raise DivergenceError(message)
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def _checkpoint(self, epochs_done: int) -> None:
@@ -179,7 +202,11 @@ class Trainer:
             selected_test_loss=selected.get("test_loss"),
             train_img_s=_mean(r.get("train_img_s") for r in self.history),
             train_time_s=sum(r.get("train_time_s", 0.0) for r in self.history),
+            skipped_batches=self.skipped,
+            collapsed=collapse_reason(last, int(self.opt.model_meta.get("num_classes") or 0)),
         )
+        if result["collapsed"]:
+            self.io.log(f"warning: {self.io.run_dir.name} collapsed: {result['collapsed']}")
         return result
 
     def _evaluate_selected(self) -> dict:
@@ -201,19 +228,49 @@ class Trainer:
         return "  ".join(parts)
 
 
+class NonFiniteLoss(Exception):
+    """A batch's loss is NaN or infinite (raised before the optimizer step, so the weights stay as they were)."""
+
+    def __init__(self, part: str, value: float) -> None:
+        super().__init__(part)
+        self.part, self.value = part, value
+
+
 def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch, opt: EngineOptions,
                parameters: Callable[[], list] = list) -> tuple[dict, Tensor, dict]:
-    """One optimizer step on one batch: forward under autocast, sum of the ``loss_*`` parts, backward, clip, step."""
+    """One optimizer step on one batch: forward under autocast, sum of the ``loss_*`` parts, backward, clip, step.
+
+    A non-finite loss raises :class:`NonFiniteLoss` naming the first bad part, before anything is updated.
+    """
     with autocast(opt.device, opt.bf16):
         out = step_fn(batch)
     parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
     loss = torch.stack(list(parts.values())).sum()
+    if not torch.isfinite(loss):  # one host sync per step: cheap next to the step, and nothing diverges silently
+        part = next((k for k, v in parts.items() if not torch.isfinite(v)), "loss")
+        raise NonFiniteLoss(part, float(parts.get(part, loss)))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if opt.optim.grad_clip > 0:
         nn.utils.clip_grad_norm_(parameters(), opt.optim.grad_clip)
     optimizer.step()
     return out, loss, parts
+
+
+def collapse_reason(row: dict, num_classes: int) -> str | None:
+    """Why a finished run counts as collapsed (its final accuracy at chance level), or None.
+
+    Chance is 100/K %; a run within max(1, 0.1·chance) points of it has learned nothing (DKD without its warm-up on a
+    short schedule ends at exactly 10.00% on 10 classes). Judged on validation top-1 (test when there is no val).
+    """
+    accuracy = row.get("val_top1", row.get("test_top1"))
+    if not num_classes or accuracy is None:
+        return None
+    chance = 100.0 / num_classes
+    if accuracy > chance + max(1.0, 0.1 * chance):
+        return None
+    split = "val" if "val_top1" in row else "test"
+    return f"final {split} top-1 {accuracy:.2f}% is chance level ({chance:.2f}% for {num_classes} classes)"
 
 
 def _mean(values) -> float | None:

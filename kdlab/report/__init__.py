@@ -51,7 +51,7 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     log(f"{sum(r.cache_hit for r in collected.runs)} of {len(collected.runs)} runs' test metrics from their caches")
     efficiency = efficiency_by_label(collected.runs, test_data, log)
     top5 = max(int(r.cache.get("num_classes", 0)) for r in collected.runs) > 5
-    rows = build_rows(collected.runs, efficiency, top5)
+    rows = build_rows(collected.runs, efficiency, top5, collected.diverged)
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds}

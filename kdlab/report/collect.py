@@ -161,6 +161,7 @@ def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> t
 class Collected:
     runs: list[RunEval]
     skipped: list[dict]  # {"key", "run_dir", "reason"}
+    diverged: list[ManifestRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
     notes: list[str]
 
 
@@ -170,7 +171,8 @@ def _finished(spec: ManifestRun) -> tuple[dict | None, str | None]:
         return ({}, None) if spec.checkpoint.is_file() else (None, f"given checkpoint not found: {spec.checkpoint}")
     files = spec.files
     if not files.finished():
-        return None, "unfinished (no result.json)"
+        failure = files.read_failure()
+        return None, f"failed: {failure['error']}" if failure else "unfinished (no result.json)"
     if not files.model.is_file():
         return None, "no model.safetensors"
     result = files.read_result()
@@ -207,6 +209,7 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
     order = sorted(manifest.runs, key=lambda r: ROLES.index(r.role))  # stable: the manifest's order within a role
     runs: list[RunEval] = []
     skipped: list[dict] = []
+    diverged: list[ManifestRun] = []
     notes: list[str] = []
     teacher_logits: dict[str, Tensor] = {}
     finished_teachers: list[ManifestRun] = []
@@ -214,6 +217,8 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
         result, reason = _finished(spec)
         if result is None:
             skipped.append({"key": spec.key, "run_dir": spec.path, "reason": reason})
+            if spec.files.read_failure():
+                diverged.append(spec)
             continue
         try:
             run, tensors = evaluate_run(spec, result, data, log)
@@ -231,7 +236,7 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
                 run.teacher_key = teacher.key
                 run.agreement, run.kl = teacher_agreement(tensors["last"], teacher_logits[teacher.key])
         runs.append(run)
-    return Collected(runs, skipped, notes)
+    return Collected(runs, skipped, notes, diverged)
 
 
 def efficiency_env() -> dict:

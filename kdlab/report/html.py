@@ -20,7 +20,7 @@ th, td { border: 1px solid #ddd; padding: 0.3rem 0.55rem; }
 th { background: #f3f5f8; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.role-teacher td { background: #fbf8ef; } tr.role-baseline td { background: #f3f7fb; }
-tr.best td { font-weight: 600; }
+tr.best td { font-weight: 600; } tr.flagged td { background: #fdecea; color: #8a1c13; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; } .figs figure { flex: 1 1 420px; }
@@ -32,11 +32,12 @@ NUM = ' class="num"'
 
 
 def _table(rows: list[dict], top5: bool, best_label: str | None) -> str:
-    cols = display_columns(top5)
+    cols = display_columns(top5, flags=any(row.get("flags") for row in rows))
     head = "".join(f"<th>{escape(c.header)}</th>" for c in cols)
     body = []
     for row in rows:
-        classes = f"role-{row['role']}" + (" best" if row["label"] == best_label else "")
+        classes = f"role-{row['role']}" + (" best" if row["label"] == best_label else "") + \
+            (" flagged" if row.get("flags") else "")
         cells = "".join(f"<td{'' if c.kind == 'text' else NUM}>{escape(display_value(row, c))}</td>" for c in cols)
         body.append(f'<tr class="{classes}">{cells}</tr>')
     return f'<div class="table-wrap"><table><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table></div>'

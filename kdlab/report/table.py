@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kdlab.report.collect import RunEval
-from kdlab.report.manifest import ROLES, file_safe
+from kdlab.report.manifest import ROLES, ManifestRun, file_safe
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
@@ -65,9 +65,9 @@ def _clean(value: Any) -> Any:
 
 
 # -- rows -------------------------------------------------------------------------------------------------------------
-def row_key(run: RunEval) -> RowKey:
-    spec = run.spec
-    return spec.role, spec.teacher if spec.role == "student" else None, spec.student, spec.method
+def row_key(run: RunEval | ManifestRun) -> RowKey:
+    spec = run.spec if isinstance(run, RunEval) else run
+    return spec.role, spec.teacher if spec.role in ("student", "assistant") else None, spec.student, spec.method
 
 
 def row_label(key: RowKey) -> str:
@@ -133,11 +133,35 @@ def build_row(key: RowKey, runs: list[RunEval], baseline: list[RunEval] | None, 
     return row
 
 
-def build_rows(runs: Sequence[RunEval], efficiency: dict[tuple[str, str], dict], top5: bool) -> list[dict]:
+def build_rows(runs: Sequence[RunEval], efficiency: dict[tuple[str, str], dict], top5: bool,
+               diverged: Sequence[ManifestRun] = ()) -> list[dict]:
+    """The table's rows; each says in ``flags`` how many of its seeds collapsed to chance or diverged (NaN/inf)."""
     groups = group_runs(runs)
     baselines = {k[2]: v for k, v in groups.items() if k[0] == "baseline"}
-    return [build_row(key, group, baselines.get(key[2]) if key[0] == "student" else None,
-                      efficiency.get((key[2], group[0].spec.model)), top5) for key, group in groups.items()]
+    failed: dict[RowKey, list[ManifestRun]] = {}
+    for spec in diverged:
+        failed.setdefault(row_key(spec), []).append(spec)
+    rows = []
+    for key, group in groups.items():
+        row = build_row(key, group, baselines.get(key[2]) if key[0] == "student" else None,
+                        efficiency.get((key[2], group[0].spec.model)), top5)
+        rows.append(_flag(row, group, failed.pop(key, [])))
+    for key, specs in failed.items():  # every seed of the row diverged: a row that says so
+        rows.append(_flag({"role": key[0], "label": row_label(key), "teacher": key[1], "student": key[2],
+                           "method": key[3], "model": specs[0].model, "n_seeds": 0, "seeds": []}, [], specs))
+    return rows
+
+
+def _flag(row: dict, runs: Sequence[RunEval], diverged: Sequence[ManifestRun]) -> dict:
+    total = len(runs) + len(diverged)
+    collapsed = sum(1 for r in runs if r.result.get("collapsed"))
+    flags = []
+    if collapsed:
+        flags.append(f"collapsed to chance in {collapsed}/{total} seed(s)")
+    if diverged:
+        flags.append(f"diverged (NaN/inf loss) in {len(diverged)}/{total} seed(s)")
+    row.update(n_collapsed=collapsed, n_diverged=len(diverged), flags="; ".join(flags) or None)
+    return row
 
 
 def run_record(run: RunEval) -> dict:
@@ -162,8 +186,8 @@ class Display:
     digits: int = 2
 
 
-def display_columns(top5: bool) -> list[Display]:
-    cols = [Display("Model", "label", "text"),
+def display_columns(top5: bool, flags: bool = False) -> list[Display]:
+    cols = [Display("Model", "label", "text"), *([Display("Flags", "flags", "text")] if flags else []),
             Display("Top-1 last (%)", "test_top1_last"), Display("Top-1 val-selected (%)", "test_top1_selected")]
     if top5:
         cols += [Display("Top-5 last (%)", "test_top5_last"), Display("Top-5 val-selected (%)", "test_top5_selected")]

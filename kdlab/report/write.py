@@ -5,9 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 from pathlib import Path
-from typing import Any
+from kdlab.files import json_safe
 from kdlab.report.table import display_columns, display_value
 
 SELECTION_NOTE = ("\"val-selected\" is the epoch with the best top-1 on the validation split (held out from train); "
@@ -17,17 +16,6 @@ SELECTION_NOTE = ("\"val-selected\" is the epoch with the best top-1 on the vali
 def write_text(path: Path, text: str) -> None:
     """Report files are plain writes (ordinary permissions, UTF-8): they are rebuilt from the runs at any time."""
     path.write_text(text, encoding="utf-8")
-
-
-def json_safe(value: Any) -> Any:
-    """NaN and infinities (a diverged run) become null: results.json stays standard JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def csv_columns(rows: list[dict]) -> list[str]:
@@ -52,7 +40,7 @@ def write_results_json(path: Path, header: dict, rows: list[dict], runs: list[di
 
 
 def markdown_table(rows: list[dict], top5: bool) -> str:
-    cols = display_columns(top5)
+    cols = display_columns(top5, flags=any(row.get("flags") for row in rows))
     lines = ["| " + " | ".join(c.header for c in cols) + " |",
              "|" + "|".join("---" if c.kind == "text" else "---:" for c in cols) + "|"]
     lines += ["| " + " | ".join(display_value(row, c).replace("|", "\\|") for c in cols) + " |" for row in rows]

@@ -67,14 +67,15 @@ class ExperimentRunner:
             plan = expand(self.exp, splits.fingerprint, self.live)
             self._write_manifest(plan)
             started = time.perf_counter()
+            failed: list[dict] = []
             for number, spec in enumerate(plan, 1):
-                self._run_one(number, plan, spec, splits)
+                self._run_or_record(number, plan, spec, splits, failed)
                 if self._last_of_seed(plan, number) and not self.exp.keep_teacher_cache:
                     self._discard_caches()
             wall = time.perf_counter() - started
             summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": self.trained_seconds,
                        "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
-                       "teacher_cache": self.stats.as_dict()}
+                       "teacher_cache": self.stats.as_dict(), "failed": failed}
             if self.trained_seconds:  # a run that only loaded finished runs keeps the summary of the one that trained
                 files.write_json(self.dir / "summary.json", summary)
             self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
@@ -82,6 +83,17 @@ class ExperimentRunner:
             return summary
 
     # -- one run ------------------------------------------------------------------------------------------------------
+    def _run_or_record(self, number: int, plan: list[RunSpec], spec: RunSpec, splits, failed: list[dict]) -> None:
+        """Run one; a run that fails (divergence, a bad file) is recorded and the others go on: a rerun retries it."""
+        upstream = next((f for f in failed if spec.teacher_run is not None and f["key"] == spec.teacher_run.key), None)
+        try:
+            if upstream is not None:
+                raise KdlabError(f"its teacher run {upstream['run_dir']} failed")
+            self._run_one(number, plan, spec, splits)
+        except KdlabError as exc:
+            self.log(f"[{number}/{len(plan)}] {_describe(spec)}: failed: {exc}")
+            failed.append({"key": spec.key, "run_dir": str(spec.run_dir), "error": str(exc)})
+
     def _run_one(self, number: int, plan: list[RunSpec], spec: RunSpec, splits) -> None:
         head = f"[{number:>{len(str(len(plan)))}}/{len(plan)}] {_describe(spec)}"
         if spec.given_checkpoint:

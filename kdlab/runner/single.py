@@ -191,6 +191,7 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     if provider is not None:
         provider.flush()
     io.write_json(io.dir.result, result)
+    io.dir.failure.unlink(missing_ok=True)  # a retried run that now finished
     return result, method
 
 
