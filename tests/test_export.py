@@ -245,3 +245,25 @@ def test_bad_inputs_are_one_line_and_exit_2(runs, tmp_path, capsys):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
+
+
+def test_mismatch_is_refused_and_leaves_no_file(runs, tmp_path, capsys, monkeypatch):
+    """An export that computes something else (here: the wrong normalization) is refused with exit 2."""
+    from kdlab.export.source import Deployable, Source
+
+    monkeypatch.setattr(Source, "deployable", lambda self: Deployable(self.model, (0.0,), (1.0,)).eval())
+    assert main(["export", str(runs["student"]), "--format", "torchscript", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "does not match PyTorch" in err and len(err.splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # neither the model nor export.json
+
+
+def test_resized_run_exports_at_its_training_size(runs, tmp_path, capsys):
+    """dataset.image_size: the model's input is the resized image; the resize is the deployer's preprocessing."""
+    assert main(["train", "model=cnn_tiny", f"dataset.root={runs['data']}", "dataset.image_size=32", "epochs=1",
+                 f"out_dir={tmp_path}", "name=resized", "progress=false", "device=cpu"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "resized"), "--format", "exported-program"]) == 0
+    r = _last_json(capsys.readouterr().out)
+    assert r["input_shape"] == [1, 32, 32] and r["resize"] == [32, 32] and r["max_abs_diff"] <= r["tolerance"]
+    assert "resize to 32x32" in (tmp_path / "resized" / "export" / "exported-program" / "MODEL_CARD.md").read_text()
