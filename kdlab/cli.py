@@ -69,6 +69,12 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     return evaluate_checkpoint(args.checkpoint, data, device)
 
 
+def cmd_export(args: argparse.Namespace) -> dict:
+    from kdlab.export import export
+
+    return export(args.source, format=args.format, out=args.out, int8=args.int8, device=args.device)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from kdlab.data import DATASETS
     from kdlab.methods import METHODS
@@ -128,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("eval", cmd_eval, "evaluate a saved student (run directory or .safetensors)")
     p.add_argument("checkpoint")
     p.add_argument("settings", nargs="*", help="device=... dataset.root=...")
+    p = command("export", cmd_export, "export a student to ONNX/TorchScript/ExportedProgram, verify it, write a card")
+    p.add_argument("source", metavar="RUN_DIR|CHECKPOINT")
+    p.add_argument("--format", default="onnx", help="onnx (default), torchscript or exported-program")
+    p.add_argument("--int8", action="store_true", help="also an onnxruntime static int8 model (onnx only)")
+    p.add_argument("--out", default=None, help="folder or model file (default: RUN_DIR/export/FORMAT/)")
+    p.add_argument("--device", default="cpu", help="where the PyTorch reference runs (default: cpu)")
     p = command("list", cmd_list, "list registered models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")

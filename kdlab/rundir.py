@@ -13,6 +13,7 @@ One owner for the layout: the engine and the runner write through these names; t
     <name>.safetensors           further students of a method that trains several (dml: student2...)
     result.json                  final metrics; its presence marks the run finished
     failure.json                 why a run stopped unfinished (a NaN loss: part, epoch, step); removed on success
+    export/<format>/             ``kdlab export``: the exported student, export.json, MODEL_CARD.md, model_card.json
     tensorboard/                 event files, when the optional ``tensorboard`` package is installed
 """
 
@@ -90,6 +91,11 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    def export_dir(self, fmt: str, weights: str = "model") -> Path:
+        """Where ``kdlab export`` writes format ``fmt`` of the student ``<weights>.safetensors``: ``export/<fmt>``
+        for model.safetensors, ``export/<weights>-<fmt>`` for another one (best, student2...)."""
+        return self.path / "export" / (fmt if weights == self.model.stem else f"{weights}-{fmt}")
 
     def student_file(self, name: str) -> Path:
         """Where the student called ``name`` is saved: ``student`` is model.safetensors, others ``<name>.safetensors``."""

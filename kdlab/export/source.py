@@ -1,0 +1,130 @@
+"""What is exported: a student checkpoint, its run, its data and the deployable function ``pixels -> logits``.
+
+Every exported file computes the same function: the student applied to *normalized* images, with the normalization
+inside the graph. The input is float32 pixels in ``[0, 1]`` (``uint8 / 255``), ``[N, C, H, W]`` with the channel
+count and the size the model was trained on (after the run's resize, when ``dataset.image_size`` asked for one); the
+output is the logits ``[N, num_classes]`` (no softmax). A deployer then only scales and resizes images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+from safetensors import SafetensorError
+from torch import Tensor, nn
+
+from kdlab.config import DataConfig, from_dict
+from kdlab.errors import CheckpointError, KdlabError
+from kdlab.rundir import RunDir
+
+
+class Deployable(nn.Module):
+    """``model((pixels - mean) / std)`` as one module: the function every export format holds."""
+
+    def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.model = model
+        mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        # The loader's own arithmetic (kdlab.data.augment.AugmentPlan): x * (1 / std) + (-mean / std).
+        self.register_buffer("scale", 1.0 / std_t)
+        self.register_buffer("shift", -mean_t / std_t)
+
+    def forward(self, pixels: Tensor) -> Tensor:
+        return self.model(pixels * self.scale + self.shift)
+
+
+@dataclass
+class Source:
+    """A loaded student checkpoint and everything needed to export and check it."""
+
+    weights: Path  # the .safetensors file
+    run: Optional[RunDir]  # the run directory holding it (None for a loose file)
+    model: nn.Module  # on the CPU, in eval mode
+    meta: dict  # the checkpoint's kdlab metadata
+    data: DataConfig  # the settings the run evaluated with
+
+    @cached_property
+    def splits(self):
+        from kdlab.data import load_splits
+
+        return load_splits(self.data)
+
+    @cached_property
+    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from kdlab.data import normalization
+
+        return normalization(self.splits.info, self.data.normalize)
+
+    @cached_property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one model input: the stored size, or the run's resize target."""
+        from kdlab.data import AugmentPlan
+
+        native = tuple(self.splits.test.image_shape[1:])
+        plan = AugmentPlan.build(self.splits.info, self.data, native, train=False, device=torch.device("cpu"))
+        return (int(self.meta["in_channels"]), *(plan.out_size or native))
+
+    @property
+    def resize(self) -> Optional[tuple[int, int]]:
+        """The size images are resized to before the model (None: used at their native size)."""
+        native = tuple(self.splits.test.image_shape[1:])
+        return None if tuple(self.input_shape[1:]) == native else tuple(self.input_shape[1:])
+
+    def deployable(self) -> Deployable:
+        mean, std = self.normalization
+        return Deployable(self.model, mean, std).eval()
+
+    def _loader(self, split, pixels: bool, device: str | torch.device = "cpu"):
+        from kdlab.data import make_loader
+
+        loader = make_loader(split, self.splits.info, self.data, train=False, device=torch.device(device))
+        if pixels:  # the same views, left as pixels in [0, 1]: scale 1/255, no shift
+            loader.plan = dataclasses.replace(loader.plan, scale=torch.full_like(loader.plan.scale, 1.0 / 255.0),
+                                              shift=torch.zeros_like(loader.plan.shift))
+        return loader
+
+    def batches(self, split: str, limit: Optional[int] = None, pixels: bool = True, spread: bool = False,
+                device: str | torch.device = "cpu") -> Iterator[tuple[Tensor, Tensor]]:
+        """(images, labels) of ``split`` in order: pixels in [0, 1], or normalized as the model saw them in training
+        (``pixels=False``). ``limit``: the first N images, or N spread evenly over the split (``spread``)."""
+        images = getattr(self.splits, split)
+        if limit is not None and limit < len(images):
+            index = torch.linspace(0, len(images) - 1, limit).round().long() if spread else range(limit)
+            images = images.subset(index)
+        for batch in self._loader(images, pixels, device):
+            yield batch.images, batch.labels
+
+
+def load_source(source: str | Path) -> Source:
+    """Resolve a finished run directory (its ``model.safetensors``) or a student ``.safetensors`` file."""
+    from kdlab.models.saved import load_model
+
+    path = Path(source)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        run = RunDir(path)
+        if not run.finished():
+            raise KdlabError(f"{path} is not a finished kdlab run (no {run.result.name}): finish training it, "
+                             f"or pass a student .safetensors file")
+        if not run.model.is_file():
+            raise CheckpointError(f"{path} holds no student model ({run.model.name}); export a student run")
+        weights = run.model
+    else:
+        weights = path
+        run = RunDir(path.parent) if RunDir(path.parent).config.is_file() else None
+    try:
+        model, meta = load_model(weights, torch.device("cpu"))
+    except SafetensorError as exc:  # a corrupt header escapes kdlab.files.load_weights
+        raise CheckpointError(f"{weights}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") \
+            from None
+    if not isinstance(meta.get("dataset"), dict):
+        raise CheckpointError(f"{weights} does not say which data it was trained on (no dataset metadata)")
+    data = from_dict(DataConfig, dict(meta["dataset"]), prefix="dataset.")
+    return Source(weights=weights, run=run, model=model, meta=meta, data=data)
