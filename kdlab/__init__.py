@@ -23,7 +23,7 @@ _API = {
     "Run": ("kdlab.runner.run", "Run"),
     "Experiment": ("kdlab.experiment", "Experiment"),
     "Report": ("kdlab.experiment", "Report"),
-    "export": ("kdlab.export", "export"),
+    "export": ("kdlab.export", None),  # the package itself, which is callable: kdlab.export(...) exports
     "Batch": ("kdlab.batch", "Batch"),
     "Method": ("kdlab.methods.base", "Method"),
     "BaseParams": ("kdlab.methods.base", "BaseParams"),
@@ -44,7 +44,8 @@ __all__ = ["__version__", *_API, *_DECORATORS]
 def __getattr__(name: str) -> Any:
     if name in _API:
         module, attr = _API[name]
-        return getattr(importlib.import_module(module), attr)
+        imported = importlib.import_module(module)
+        return imported if attr is None else getattr(imported, attr)
     if name in _DECORATORS:  # kdlab.register_model("tiny") == kdlab.MODELS.register("tiny")
         return __getattr__(_DECORATORS[name]).register
     raise AttributeError(f"module 'kdlab' has no attribute {name!r}")

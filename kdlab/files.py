@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from kdlab.errors import CheckpointError
@@ -78,5 +78,5 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get(METADATA_KEY, "{}"))
         return load_file(str(path)), meta
-    except (OSError, ValueError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None

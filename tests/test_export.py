@@ -122,7 +122,7 @@ def test_model_card(runs, onnx_export):
     assert card["model"]["architecture"] == "cnn_tiny" and card["model"]["params"] > 0
     assert card["model"]["flops_per_image"] > 0 and len(card["model"]["class_names"]) == 10
     assert card["training"]["teacher"] == str(runs["teacher"]) and card["training"]["method"] == "kd"
-    assert card["training"]["method_params"] == {"T": 2}
+    assert card["training"]["method_params"]["T"] == 2 and card["training"]["method_params"]["alpha"] == 0.9
     assert card["input"]["shape"] == ["batch", 1, 28, 28] and card["input"]["range"] == [0.0, 1.0]
     assert card["input"]["mean"] == onnx_export["mean"] and card["input"]["std"] == onnx_export["std"]
     assert card["metrics"]["fp32"]["test_top1"] == onnx_export["test_top1"]

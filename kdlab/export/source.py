@@ -63,18 +63,13 @@ class Source:
 
     @cached_property
     def input_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one model input: the stored size, or the run's resize target."""
-        from kdlab.data import AugmentPlan
-
-        native = tuple(self.splits.test.image_shape[1:])
-        plan = AugmentPlan.build(self.splits.info, self.data, native, train=False, device=torch.device("cpu"))
-        return (int(self.meta["in_channels"]), *(plan.out_size or native))
+        """(C, H, W) of one model input: the stored size (plus ``dataset.pad``), or the run's resize target."""
+        return tuple(self._loader(self.splits.test, pixels=False).input_shape)  # type: ignore[return-value]
 
     @property
     def resize(self) -> Optional[tuple[int, int]]:
-        """The size images are resized to before the model (None: used at their native size)."""
-        native = tuple(self.splits.test.image_shape[1:])
-        return None if tuple(self.input_shape[1:]) == native else tuple(self.input_shape[1:])
+        """The size images are resized to before the model (None: used at their native size, plus any pad)."""
+        return (self.data.image_size, self.data.image_size) if self.data.image_size else None
 
     def deployable(self) -> Deployable:
         mean, std = self.normalization

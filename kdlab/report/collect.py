@@ -161,8 +161,8 @@ def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> t
 class Collected:
     runs: list[RunEval]
     skipped: list[dict]  # {"key", "run_dir", "reason"}
-    diverged: list[ManifestRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
     notes: list[str]
+    diverged: list[ManifestRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
 
 
 def _finished(spec: ManifestRun) -> tuple[dict | None, str | None]:
