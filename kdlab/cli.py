@@ -151,8 +151,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _take_imports(argv: list[str]) -> tuple[list[str], list[str]]:
+    """``--import MODULE`` / ``--import=MODULE`` anywhere after the command (argparse cannot mix options into a
+    positional list), and the arguments without them."""
+    rest, modules = [], []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--import":
+            modules.append(next(tokens, ""))
+        elif token.startswith("--import="):
+            modules.append(token.partition("=")[2])
+        else:
+            rest.append(token)
+    return rest, modules
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    rest, modules = _take_imports(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(rest)
+    args.imports = [*args.imports, *modules]
     ensure_logging(application=True)
     try:
         result = args.handler(args)

@@ -132,3 +132,39 @@ def test_a_given_teacher_may_be_a_run_directory(tmp_path):
         assert teacher.checkpoint == str(tmp_path / "teacher-run" / "model.safetensors") and len(teacher.key) == 12
     with pytest.raises(ConfigError, match="checkpoint not found"):
         expand(load_experiment_file(None, [f"teachers=[{{name: resnet20, checkpoint: {tmp_path}}}]"]), "data1")
+
+
+TAKD = """
+name: takd
+out_dir: {out}
+dataset: {{name: fashion_mnist, root: {root}, batch_size: 32, val_ratio: 0.2}}
+seeds: [0]
+teachers: [{{name: cnn_small}}]
+assistants: [{{name: cnn_tiny, label: ta, kernel: 3}}]
+students: [{{name: cnn_tiny}}]
+methods: [kd, {{name: kd, label: takd, via: ta}}]
+teacher_schedule: {{epochs: 1}}
+student_schedule: {{epochs: 1}}
+device: cpu
+progress: false
+"""
+
+
+def test_takd_chain_teacher_assistant_student(tmp_path):
+    make_fashion_mnist(tmp_path / "data", n_train=200, n_test=50)
+    path = tmp_path / "takd.yaml"
+    path.write_text(TAKD.format(out=tmp_path / "out", root=tmp_path / "data").replace(", kernel: 3", ""))
+    exp = load_experiment_file(str(path), [])
+    plan = expand(exp, "x")
+    roles = [(s.role, s.student, s.method, s.teacher) for s in plan]
+    assert roles == [("teacher", "cnn_small", "ce", None), ("assistant", "ta", "kd", "cnn_small"),
+                     ("baseline", "cnn_tiny", "ce", None), ("student", "cnn_tiny", "kd", "cnn_small"),
+                     ("student", "cnn_tiny", "takd", "ta")]
+    assert plan[4].teacher_run is plan[1] and plan[1].teacher_run is plan[0]
+    with pytest.raises(ConfigError, match="via 'tb' names no assistant"):
+        validate(load_experiment_file(str(path), ["methods=[{name: kd, via: tb}]"]))
+    assert main(["run", str(path)]) == 0
+    rows = {r["label"]: r for r in json.loads((tmp_path / "out" / "takd" / "report" / "results.json").read_text())["rows"]}
+    assert {"ta (assistant, kd ← cnn_small)", "takd: ta → cnn_tiny", "kd: cnn_small → cnn_tiny"} <= set(rows)
+    assert rows["takd: ta → cnn_tiny"]["teacher_agreement_mean"] is not None
+    assert rows["ta (assistant, kd ← cnn_small)"]["teacher_agreement_mean"] is not None

@@ -248,7 +248,7 @@ def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch
     loss = torch.stack(list(parts.values())).sum()
     if not torch.isfinite(loss):  # one host sync per step: cheap next to the step, and nothing diverges silently
         part = next((k for k, v in parts.items() if not torch.isfinite(v)), "loss")
-        raise NonFiniteLoss(part, float(parts.get(part, loss)))
+        raise NonFiniteLoss(part, float(parts.get(part, loss).detach()))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if opt.optim.grad_clip > 0:

@@ -225,10 +225,10 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
         except KdlabError as exc:
             skipped.append({"key": spec.key, "run_dir": spec.path, "reason": str(exc)})
             continue
-        if spec.role == "teacher":
+        if spec.role in ("teacher", "assistant"):  # an assistant teaches the students of its TAKD chain
             teacher_logits[spec.key] = tensors["last"]
             finished_teachers.append(spec)
-        elif spec.teacher:
+        if spec.role != "teacher" and spec.teacher:
             teacher = match_teacher(spec, finished_teachers)
             if teacher is None:
                 notes.append(f"{spec.key}: no finished run of teacher {spec.teacher!r}; no agreement / KL")

@@ -76,6 +76,8 @@ def row_label(key: RowKey) -> str:
         return f"{student} (teacher)"
     if role == "baseline":
         return f"{student} (baseline)"
+    if role == "assistant":
+        return f"{student} (assistant, {method} ← {teacher})"
     if teacher is None:  # a method without a teacher (dml, byot)
         return f"{method}: {student}"
     return f"{method}: {teacher} → {student}"

@@ -172,6 +172,8 @@ def _trained_now(spec: RunSpec, epochs_before: int) -> float:
 def _describe(spec: RunSpec) -> str:
     if spec.role == "teacher":
         return f"teacher {spec.student}"
+    if spec.role == "assistant":
+        return f"assistant {spec.student} {spec.method} <- {spec.teacher}"
     source = f" <- {spec.teacher}" if spec.teacher else ""
     return f"{spec.role} {spec.student} {spec.method}{source} seed {spec.seed}"
 

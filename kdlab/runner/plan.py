@@ -1,110 +1,37 @@
-"""Experiment files and the plan of runs they expand to.
+"""The plan of runs an experiment (:mod:`kdlab.runner.experiment_config`) expands to, and their keys.
 
-An experiment names a dataset, teachers, students, methods, seeds and the teacher's and students' schedules::
-
-    name: fmnist-demo
-    dataset: {name: fashion_mnist}
-    seeds: [0, 1, 2]
-    teachers: [{name: resnet20}]
-    students: [{name: cnn_small}, {name: resnet18, label: resnet18-pretrained, pretrained: r18.safetensors}]
-    methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot]
-    teacher_schedule: {epochs: 10, optim: {lr: 0.1}}
-    student_schedule: {epochs: 5}
-
-It expands to one teacher run per teacher (trained once, with ``teacher_seed``), one baseline (``ce``) per student
-and seed, and one run per teacher x student x method x seed (methods without a teacher, such as ``dml`` and
-``byot``, run once per student and seed). Each run is keyed by a hash of everything that determines its result: its
-resolved config (minus where it is written and how it is displayed), its teacher's key and the data fingerprint.
+One teacher run per teacher (trained once, with ``teacher_seed``); for TAKD chains, one assistant run per assistant and
+teacher (distilled from the teacher with the assistant's ``method``, default ``kd``, with ``teacher_seed``); then per
+seed one baseline (``ce``) per student and one run per teacher x student x method (a method with ``via: <assistant>``
+distils from that assistant instead; methods without a teacher, such as ``dml`` and ``byot``, run once per student).
+Each run is keyed by a hash of everything that determines its result: its resolved config (minus where it is written
+and how it is displayed), its teacher's key, the data fingerprint and the source of the plug-in code it uses.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
-from importlib import resources
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
-from kdlab.config import (DataConfig, MethodConfig, ModelConfig, OptimConfig, TrainConfig, apply_overrides, from_dict,
-                          load_yaml, to_dict)
+from kdlab.config import MethodConfig, ModelConfig, TrainConfig, to_dict
 from kdlab.errors import ConfigError
 from kdlab.methods.factory import method_class
 from kdlab.plugins import import_modules
 from kdlab.report.manifest import ManifestRun
 from kdlab.rundir import RunDir, weights_file
+from kdlab.runner.experiment_config import (ExperimentConfig, MethodEntry, ModelEntry, Schedule,  # noqa: F401
+                                           default_experiment_path, load_experiment, load_experiment_file)
 from kdlab.runner.live import Live, plugin_identity
-
-
-@dataclass
-class Schedule:
-    epochs: int = 10
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    batch_size: Optional[int] = None  # overrides dataset.batch_size for these runs
-
-
-@dataclass
-class ModelEntry:
-    """A teacher or student: a registry model, optionally pretrained, with a display label."""
-
-    __extra__ = "kwargs"
-
-    name: str = "resnet20"
-    label: Optional[str] = None  # default: the model name (labels must be unique)
-    pretrained: Optional[str] = None  # initialization from a local weights file ("pretrained vs scratch")
-    checkpoint: Optional[str] = None  # teachers only: an already trained kdlab checkpoint, used as is
-    kwargs: dict = field(default_factory=dict)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-@dataclass
-class MethodEntry:
-    __extra__ = "params"
-
-    name: str = "kd"
-    label: Optional[str] = None  # default: the method name; use labels to compare settings of one method
-    params: dict = field(default_factory=dict)
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
-
-
-@dataclass
-class ExperimentConfig:
-    name: str = "experiment"
-    out_dir: str = "experiments"  # the experiment lives in out_dir/name
-    dataset: DataConfig = field(default_factory=DataConfig)
-    teachers: list[ModelEntry] = field(default_factory=list)
-    students: list[ModelEntry] = field(default_factory=list)
-    methods: list[MethodEntry] = field(default_factory=list)  # the ce baseline is always added
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
-    teacher_seed: int = 0
-    teacher_schedule: Schedule = field(default_factory=Schedule)
-    student_schedule: Schedule = field(default_factory=Schedule)
-    imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
-    device: str = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    channels_last: bool = True
-    compile: bool = False
-    progress: bool = True
-    eval_test_every_epoch: bool = True  # False: test only at the end (curves then show the val split only)
-    share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
-    keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
-
-    @property
-    def directory(self) -> Path:
-        return Path(self.out_dir) / self.name
 
 
 @dataclass
 class RunSpec:
     """One run of the plan."""
 
-    role: Literal["teacher", "baseline", "student"]
+    role: Literal["teacher", "assistant", "baseline", "student"]
     student: str  # label of this run's model (the teacher's label for a teacher run)
     method: str  # method label ("ce" for teachers and baselines)
     seed: int
@@ -151,8 +78,15 @@ def validate(exp: ExperimentConfig, live: Live | None = None) -> None:
         raise ConfigError("experiment: 'seeds' is empty")
     if not exp.teachers:
         needy = [m.display for m in exp.methods if _needs_teacher(m.name, live or Live())]
-        if needy:
-            raise ConfigError(f"method {needy[0]!r} needs a teacher; the experiment lists none under 'teachers'")
+        if needy or exp.assistants:
+            raise ConfigError(f"{'method ' + repr(needy[0]) if needy else 'assistants'} need(s) a teacher; the "
+                              f"experiment lists none under 'teachers'")
+    _check_labels(exp.assistants, "assistants")
+    labels = {a.display for a in exp.assistants}
+    for method in exp.methods:
+        if method.via is not None and method.via not in labels:
+            raise ConfigError(f"method {method.display!r}: via {method.via!r} names no assistant "
+                              f"(assistants: {', '.join(sorted(labels)) or 'none'})")
     expand(exp, data_fingerprint="validate", live=live)  # resolves (and so checks) every run's config
 
 
@@ -214,39 +148,38 @@ def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str, li
     return _keyed(spec, fingerprint, live)
 
 
+def _assistant_specs(exp: ExperimentConfig, teachers: list[RunSpec], fingerprint: str, live: Live) -> list[RunSpec]:
+    """TAKD's assistants: each distilled from each teacher (with its ``method``, default kd), with ``teacher_seed``."""
+    specs = []
+    schedule = exp.assistant_schedule or exp.student_schedule
+    for entry in exp.assistants:
+        method = entry.method or MethodEntry(name="kd")
+        for teacher in teachers:
+            cfg = _train_config(exp, entry, schedule, method, exp.teacher_seed)
+            spec = RunSpec("assistant", entry.display, method.display, exp.teacher_seed, cfg, teacher=teacher.student,
+                           teacher_run=teacher)
+            specs.append(_keyed(spec, fingerprint, live))
+    return specs
+
+
 def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = None) -> list[RunSpec]:
-    """All runs, in the order they should run: teachers, then per seed the baselines and the distilled students."""
+    """All runs, in the order they should run: teachers, assistants, then per seed the baselines and the students."""
     live = live or Live()
     teachers = [_teacher_spec(exp, t, data_fingerprint, live) for t in exp.teachers]
-    plan = list(teachers)
+    assistants = _assistant_specs(exp, teachers, data_fingerprint, live)
+    plan = teachers + assistants
     methods = [m for m in exp.methods if m.name != "ce"]
     for seed in exp.seeds:
         for student in exp.students:
             base = _train_config(exp, student, exp.student_schedule, None, seed)
             plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint, live))
             for method in methods:
-                sources = teachers if _needs_teacher(method.name, live) else [None]
+                sources: list = teachers if _needs_teacher(method.name, live) else [None]
+                if method.via is not None:
+                    sources = [a for a in assistants if a.student == method.via]
                 for teacher in sources:
                     cfg = _train_config(exp, student, exp.student_schedule, method, seed)
                     spec = RunSpec("student", student.display, method.display, seed, cfg,
                                    teacher=teacher.student if teacher else None, teacher_run=teacher)
                     plan.append(_keyed(spec, data_fingerprint, live))
     return plan
-
-
-DEFAULT_EXPERIMENT = "fmnist_demo.yaml"
-
-
-def default_experiment_path() -> Path:
-    """The embedded default experiment (``kdlab run`` without a file, ``make demo``)."""
-    return Path(str(resources.files("kdlab") / "configs" / DEFAULT_EXPERIMENT))
-
-
-def load_experiment(tree: dict) -> ExperimentConfig:
-    return from_dict(ExperimentConfig, tree)
-
-
-def load_experiment_file(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """An experiment from a YAML file (default: the embedded one) and ``key=value`` overrides."""
-    tree = load_yaml(path or default_experiment_path())
-    return load_experiment(apply_overrides(tree, list(overrides or [])))

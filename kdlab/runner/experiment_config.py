@@ -1,0 +1,109 @@
+"""Experiment files: what an experiment names, as typed configs (YAML + ``key=value`` overrides, strictly checked).
+
+    name: fmnist-demo
+    dataset: {name: fashion_mnist}
+    seeds: [0, 1, 2]
+    teachers: [{name: resnet20}]
+    assistants: [{name: resnet8, label: ta}]          # optional: TAKD's teacher assistants (distilled with kd)
+    students: [{name: cnn_small}, {name: resnet18, label: resnet18-pretrained, pretrained: torchvision}]
+    methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot, {name: kd, label: takd, via: ta}]
+    teacher_schedule: {epochs: 10, optim: {lr: 0.1}}
+    student_schedule: {epochs: 5}
+
+How an experiment expands into runs is :mod:`kdlab.runner.plan`'s.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal, Optional
+
+from kdlab.config import DataConfig, OptimConfig, apply_overrides, from_dict, load_yaml
+
+
+@dataclass
+class Schedule:
+    epochs: int = 10
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    batch_size: Optional[int] = None  # overrides dataset.batch_size for these runs
+
+
+@dataclass
+class ModelEntry:
+    """A teacher or student: a registry model, optionally pretrained, with a display label."""
+
+    __extra__ = "kwargs"
+
+    name: str = "resnet20"
+    label: Optional[str] = None  # default: the model name (labels must be unique)
+    pretrained: Optional[str] = None  # initialization from a local weights file ("pretrained vs scratch")
+    checkpoint: Optional[str] = None  # teachers only: an already trained kdlab checkpoint, used as is
+    method: Optional["MethodEntry"] = None  # assistants only: how they are distilled from the teacher (default kd)
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class MethodEntry:
+    __extra__ = "params"
+
+    name: str = "kd"
+    label: Optional[str] = None  # default: the method name; use labels to compare settings of one method
+    via: Optional[str] = None  # an assistant's label: distill from that assistant, not the teachers (TAKD)
+    params: dict = field(default_factory=dict)
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    out_dir: str = "experiments"  # the experiment lives in out_dir/name
+    dataset: DataConfig = field(default_factory=DataConfig)
+    teachers: list[ModelEntry] = field(default_factory=list)
+    assistants: list[ModelEntry] = field(default_factory=list)  # TAKD: distilled from each teacher, then teach
+    students: list[ModelEntry] = field(default_factory=list)
+    methods: list[MethodEntry] = field(default_factory=list)  # the ce baseline is always added
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    teacher_seed: int = 0
+    teacher_schedule: Schedule = field(default_factory=Schedule)
+    student_schedule: Schedule = field(default_factory=Schedule)
+    assistant_schedule: Optional[Schedule] = None  # default: the students' schedule
+    imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
+    device: str = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    progress: bool = True
+    eval_test_every_epoch: bool = True  # False: test only at the end (curves then show the val split only)
+    share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
+    keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.out_dir) / self.name
+
+
+DEFAULT_EXPERIMENT = "fmnist_demo.yaml"
+
+
+def default_experiment_path() -> Path:
+    """The embedded default experiment (``kdlab run`` without a file, ``make demo``)."""
+    return Path(str(resources.files("kdlab") / "configs" / DEFAULT_EXPERIMENT))
+
+
+def load_experiment(tree: dict) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, tree)
+
+
+def load_experiment_file(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """An experiment from a YAML file (default: the embedded one) and ``key=value`` overrides."""
+    tree = load_yaml(path or default_experiment_path())
+    return load_experiment(apply_overrides(tree, list(overrides or [])))
