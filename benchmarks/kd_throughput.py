@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,7 +50,7 @@ except ImportError:  # run from a checkout without the package installed
 from kdlab.batch import Batch  # noqa: E402
 from kdlab.config import OptimConfig  # noqa: E402
 from kdlab.engine.device import autocast, resolve_device, use_bf16  # noqa: E402
-from kdlab.engine.host import tune_cpu_allocator  # noqa: E402
+from kdlab.engine.host import OtherLoad, ThreadPolicy, tune_cpu_allocator  # noqa: E402
 from kdlab.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from kdlab.engine.trainer import EngineOptions, train_step  # noqa: E402
 from kdlab.errors import ConfigError  # noqa: E402
@@ -89,7 +90,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="models and inputs in channels_last, as the trainer does")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's own choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin torch's threads (default: kdlab's choice before each round, as the trainer makes it "
+                        "each epoch: the cores other processes leave free; see kdlab/engine/host.py)")
+    p.add_argument("--contend", action="store_true",
+                   help="time every workload again while one other CPU-bound process runs, and report each as a "
+                        "fraction of its idle rate")
+    p.add_argument("--contend-nice", type=int, default=0, help="nice level of the contending process")
     p.add_argument("--compile", action="store_true", help="torch.compile the objective and the teacher")
     p.add_argument("--seed", type=int, default=0, help="seed of the models' init and of the synthetic data")
     p.add_argument("--system-allocator", action="store_true",
@@ -225,8 +232,6 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     load_start = _loadavg()
     others = OtherLoad()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     bf16 = use_bf16(args.precision, device)
     # what Trainer.__init__ does on the CPU
@@ -267,23 +272,9 @@ def main(argv: list[str] | None = None) -> dict:
     for w in workloads:  # a first estimate of the rate, for the window length
         w.best = w.run(2)
         w.faults.clear()
-    cap = None if args.steps else 3 * args.window_s  # bounds the run time when the machine turns busy mid-run
-    rounds_start = time.perf_counter()
-    round_others: list[float | None] = []
-    for r in range(args.windows):  # interleaved rounds: load changes affect every workload alike
-        if r and time.perf_counter() - rounds_start > args.max_s:
-            print(f"warning: --max-s {args.max_s:g} s spent after {r} of {args.windows} rounds; reporting those",
-                  file=sys.stderr)
-            break
-        round_load = OtherLoad()
-        for w in workloads:
-            # fixed, or as many batches as last about --window-s at the best rate seen so far (a busy moment during
-            # the estimate does not shrink the windows for good)
-            n = args.steps or max(3, min(10_000, round(args.window_s * w.best / args.batch_size)))
-            w.rates.append(w.run(n, cap))
-            w.best = max(w.best, w.rates[-1])
-            w.steps += w.last_steps
-        round_others.append(round_load.cores())
+    policy = ThreadPolicy(args.threads)  # kdlab's thread choice, made before every round as the trainer does per epoch
+    round_others, round_threads = timed_rounds(workloads, args, policy)
+    contended = contended_rates(workloads, args, policy) if args.contend else None
 
     rates = {w.key: statistics.median(w.rates) for w in workloads}
     limit = 1.0 / (1.0 / rates["student_img_s"] + 1.0 / rates["teacher_img_s"])
@@ -325,6 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
         "loadavg_end": _loadavg(),
         "other_cpu_cores": None if (o := others.cores()) is None else round(o, 2),
         "other_cpu_cores_rounds": [None if x is None else round(x, 2) for x in round_others],
+        "threads_rounds": round_threads,
+        **(contended or {}),
         "elapsed_s": round(time.perf_counter() - started, 1),
         "final_losses": {k: round(v, 4) for k, v in losses.items()},
     }
@@ -333,32 +326,55 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-class OtherLoad:
-    """CPU time that OTHER processes used meanwhile, in cores (Linux: /proc/stat minus this process's own time)."""
+def timed_rounds(workloads: list, args: argparse.Namespace, policy: ThreadPolicy) -> tuple[list, list]:
+    """Interleaved rounds (a load change hits every workload alike); each workload's rates go to ``w.rates``.
+    Returns the cores other processes kept busy and the threads used, per round."""
+    cap = None if args.steps else 3 * args.window_s  # bounds the run time when the machine turns busy mid-run
+    rounds_start = time.perf_counter()
+    round_others: list[float | None] = []
+    round_threads: list[int] = []
+    for r in range(args.windows):
+        if r and time.perf_counter() - rounds_start > args.max_s:
+            print(f"warning: --max-s {args.max_s:g} s spent after {r} of {args.windows} rounds; reporting those",
+                  file=sys.stderr)
+            break
+        round_threads.append(policy.apply() if args.device != "cuda" else torch.get_num_threads())
+        round_load = OtherLoad()
+        for w in workloads:
+            # fixed, or as many batches as last about --window-s at the best rate seen so far (a busy moment during
+            # the estimate does not shrink the windows for good)
+            n = args.steps or max(3, min(10_000, round(args.window_s * w.best / args.batch_size)))
+            w.rates.append(w.run(n, cap))
+            w.best = max(w.best, w.rates[-1])
+            w.steps += w.last_steps
+        round_others.append(round_load.cores())
+    return round_others, round_threads
 
-    def __init__(self) -> None:
-        self.start = self._read()
 
-    @staticmethod
-    def _read() -> tuple[float, float, float] | None:
-        try:
-            import resource
-
-            fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-            own = resource.getrusage(resource.RUSAGE_SELF)
-        except (ImportError, OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal, without guest (counted in user)
-        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
-
-    def cores(self) -> float | None:
-        """Average number of cores busy with other processes since construction."""
-        end = self._read()
-        if self.start is None or end is None or end[0] - self.start[0] <= 0:
-            return None
-        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
-        return max(0.0, others / (end[0] - self.start[0]))
+def contended_rates(workloads: list, args: argparse.Namespace, policy: ThreadPolicy) -> dict:
+    """The same rounds again while one other CPU-bound process (a busy Python loop) runs: median img/s per workload,
+    as a fraction of the idle median, the threads kdlab chose and the cores the contender took."""
+    idle = {w.key: statistics.median(w.rates) for w in workloads}
+    saved = {w.key: (w.rates, w.steps) for w in workloads}
+    for w in workloads:
+        w.rates, w.steps = [], 0
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                            preexec_fn=(lambda: os.nice(args.contend_nice)) if args.contend_nice else None)
+    try:
+        time.sleep(1.0)  # the contender is running before kdlab's first thread decision
+        others, threads = timed_rounds(workloads, args, policy)
+    finally:
+        busy.kill()
+        busy.wait()
+    rates = {w.key: statistics.median(w.rates) for w in workloads}
+    out = {"contended_img_s": {k: round(v, 1) for k, v in rates.items()},
+           "contended_fraction_of_idle": {k: round(rates[k] / idle[k], 3) for k in rates},
+           "contended_windows": {w.key: [round(r, 1) for r in w.rates] for w in workloads},
+           "contended_threads_rounds": threads, "contended_other_cpu_cores_rounds": [
+               None if x is None else round(x, 2) for x in others], "contender_nice": args.contend_nice}
+    for w in workloads:
+        w.rates, w.steps = saved[w.key]
+    return out
 
 
 def _loadavg() -> float | None:
@@ -397,6 +413,13 @@ def _print_table(r: dict) -> None:
         print("warning: other processes used the CPU during timed rounds: timings are noisy (with as many threads as "
               "cores, even one busy process slows every step many times over); trust the quiet rounds, or re-run "
               "when the machine is idle or with --threads 1")
+    if "contended_img_s" in r:
+        print(f"with one other CPU-bound process (nice {r['contender_nice']}); kdlab's threads per round: "
+              f"{r['contended_threads_rounds']}")
+        for key, label in WORKLOADS.items():
+            rounds = " / ".join(f"{x:.0f}" for x in r["contended_windows"][key])
+            print(f"{label:<30}{r['contended_img_s'][key]:>9.1f}   {r['contended_fraction_of_idle'][key]:.2f} of "
+                  f"idle   {rounds}")
     if not all(v == v and abs(v) != float("inf") for v in r["final_losses"].values()):
         print(f"warning: non-finite training loss {r['final_losses']} (timings of NaN arithmetic may differ)")
     print(f"elapsed {r['elapsed_s']:.1f} s")

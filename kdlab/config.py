@@ -232,6 +232,8 @@ class DataConfig:
     batch_size: int = 64  # the CIFAR KD protocol's batch; also more steps per epoch for short schedules
     eval_batch_size: int = 1024
     augment: bool = True  # random crop (with padding) and, where the dataset allows, horizontal flip
+    fixed_views: int = 0  # K > 0: each image shows one of K fixed augmented views (the same for every seed), so a
+    #                       teacher's outputs for them can be computed once (experiments: teacher_views: K)
     crop_padding: int = 4  # pixels of zero padding before the random crop
     flip: Optional[bool] = None  # None: the dataset's own default (True for natural images)
     image_size: Optional[int] = None  # resize on the device to this square size (e.g. 224); None keeps native size
@@ -294,6 +296,7 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    threads: Optional[int] = None  # CPU intra-op threads; None: each epoch, the cores other processes leave free
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware does it well
     channels_last: bool = True
     compile: bool = False  # torch.compile the objective (25-35 s to compile on this CPU; worth it on long runs)

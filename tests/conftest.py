@@ -6,6 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("KDLAB_NO_PROGRESS", "1")
+os.environ.setdefault("KDLAB_THREADS", "2")  # pinned: a thread count chosen from the load would change the numbers
 
 
 @pytest.fixture(autouse=True)

@@ -39,3 +39,16 @@ def test_kd_throughput_smoke(capsys):
     assert printed["torch"]
     assert all(len(rates) == 2 for rates in printed["windows"].values())
     assert all(math.isfinite(v) for v in printed["final_losses"].values())
+
+
+def test_kd_throughput_contended_smoke(capsys):
+    bench = _load()
+    threads = torch.get_num_threads()
+    try:
+        result = bench.main(["--teacher", "cnn_tiny", "--student", "cnn_tiny", "--batch-size", "8", "--steps", "2",
+                             "--warmup", "1", "--windows", "1", "--device", "cpu", "--threads", "1", "--contend"])
+    finally:
+        torch.set_num_threads(threads)
+    assert set(result["contended_fraction_of_idle"]) == set(result["windows"])
+    assert all(v > 0 for v in result["contended_img_s"].values()) and result["contended_threads_rounds"] == [1]
+    assert "of idle" in capsys.readouterr().out

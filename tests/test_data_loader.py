@@ -70,7 +70,8 @@ def test_train_batches_follow_the_epoch_draws():
     split, cfg = toy_set(), DataConfig(batch_size=16, crop_padding=2)
     loader = make_loader(split, INFO3, cfg, train=True, device=CPU, seed=4)
     loader.set_epoch(3)
-    order, offsets, flips = loader.epoch_draws()
+    draws = loader.epoch_draws()
+    order, offsets, flips = draws.order, draws.offsets, draws.flips
     assert sorted(order.tolist()) == list(range(50)) and offsets.max() <= 4 and flips.dtype == torch.bool
     first = next(iter(loader))
     x, y = first.images, first.labels
@@ -114,17 +115,18 @@ def test_augmentation_changes_images_but_keeps_shape():
     (xp, yp), (xa, ya) = (bp.images, bp.labels), (ba.images, ba.labels)
     assert xp.shape == xa.shape == (16, 3, 8, 8) and torch.equal(yp, ya)  # same order: same seed and epoch
     assert not torch.equal(xp, xa)
-    assert torch.allclose(xp, normalized(split.images[plain.epoch_draws()[0][:16]], INFO3), atol=1e-5)
-    assert plain.epoch_draws()[1] is None and plain.stream_key != aug.stream_key
+    assert torch.allclose(xp, normalized(split.images[plain.epoch_draws().order[:16]], INFO3), atol=1e-5)
+    assert plain.epoch_draws().offsets is None and plain.stream_key != aug.stream_key
 
 
 def test_flip_setting():
     split = toy_set()
     no_flip = make_loader(split, INFO3, DataConfig(flip=False), train=True, device=CPU)
-    assert no_flip.epoch_draws()[2] is None and no_flip.epoch_draws()[1] is not None
+    assert no_flip.epoch_draws().flips is None and no_flip.epoch_draws().offsets is not None
     only_flip = make_loader(split, INFO3, DataConfig(crop_padding=0), train=True, device=CPU)
     x = next(iter(only_flip)).images
-    order, _, flips = only_flip.epoch_draws()
+    draws = only_flip.epoch_draws()
+    order, flips = draws.order, draws.flips
     expected = normalized(split.images[order[: len(x)]], INFO3)
     expected[flips[: len(x)]] = expected[flips[: len(x)]].flip(-1)
     assert torch.allclose(x, expected, atol=1e-5)
@@ -261,3 +263,23 @@ def test_batches_carry_each_samples_index_in_the_split():
         assert len(set(seen.tolist())) == len(seen)  # no sample twice within an epoch
         if not train:
             assert torch.equal(seen, torch.arange(len(split)))
+
+
+def test_fixed_views_are_shared_by_seeds_and_chosen_per_epoch():
+    split = toy_set()
+    cfg = DataConfig(batch_size=16, fixed_views=3)
+    one = make_loader(split, INFO3, cfg, train=True, device=CPU, seed=1)
+    two = make_loader(split, INFO3, cfg, train=True, device=CPU, seed=2)
+    assert one.views_key == two.views_key and one.stream_key != two.stream_key
+    # every view a batch shows is one of the K fixed views of its sample, whatever the seed and epoch
+    bank = {k: {int(i): x for b in one.view_batches(k, 7) for i, x in zip(b.index, b.images)} for k in range(3)}
+    seen = set()
+    for loader in (one, two):
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                for i, view, image in zip(batch.index, batch.extras["view"], batch.images):
+                    assert torch.equal(image, bank[int(view)][int(i)])
+                    seen.add(int(view))
+    assert seen == {0, 1, 2}
+    assert not torch.equal(bank[0][0], bank[1][0]) or not torch.equal(bank[1][0], bank[2][0])

@@ -168,3 +168,32 @@ def test_takd_chain_teacher_assistant_student(tmp_path):
     assert {"ta (assistant, kd ← cnn_small)", "takd: ta → cnn_tiny", "kd: cnn_small → cnn_tiny"} <= set(rows)
     assert rows["takd: ta → cnn_tiny"]["teacher_agreement_mean"] is not None
     assert rows["ta (assistant, kd ← cnn_small)"]["teacher_agreement_mean"] is not None
+
+
+def test_teacher_views_bank_is_computed_once_for_every_method_and_seed(tmp_path):
+    make_fashion_mnist(tmp_path / "data", n_train=200, n_test=50)
+    path = tmp_path / "views.yaml"
+    path.write_text(TINY.format(out=tmp_path / "out", root=tmp_path / "data").replace(
+        "methods: [kd, {name: kd, label: kd-T2, T: 2}, fitnets, dml]", "methods: [kd, dist]\nteacher_views: 2"))
+    exp = load_experiment_file(str(path), [])
+    summary = ExperimentRunner(exp).run()
+    stats = summary["teacher_cache"]
+    n_train = 160  # 200 minus the 20% validation split
+    assert stats["computed_images"] == 2 * n_train  # the two views of every image, once
+    assert stats["reused_batches"] == 2 * 2 * (n_train // 32)  # 2 methods x 2 seeds x 1 epoch, every batch
+    assert all(s.cfg.dataset.fixed_views == 2 for s in expand(exp, "x") if s.role != "teacher")
+    bank = next((exp.directory / "teacher_views").glob("*.safetensors"))
+    from kdlab.data import load_splits, make_loader
+    from kdlab.files import load_weights
+    from kdlab.models.saved import load_model
+    import torch
+
+    logits = load_weights(bank)[0]["logits"]
+    teacher, _ = load_model(next((exp.directory / "runs").glob("teacher-*")), torch.device("cpu"))
+    cfg = expand(exp, "x")[1].cfg.dataset
+    splits = load_splits(cfg)
+    loader = make_loader(splits.train, splits.info, cfg, train=True, device=torch.device("cpu"), seed=0)
+    for k in range(2):
+        with torch.no_grad():
+            live = torch.cat([teacher(b.images) for b in loader.view_batches(k, 64)])
+        torch.testing.assert_close(logits[k].float(), live, atol=2e-2, rtol=1e-2)

@@ -319,3 +319,27 @@ def test_teacher_given_as_a_checkpoint(experiment, tmp_path):
     assert kd0["teacher_agreement"] == pytest.approx(ind["kd-s0"]["agree"], abs=1e-4)
     assert any("given-teacher" in note and "checkpoint" in note for note in results["notes"])
     assert (exp / "report" / "cache" / "given-given-teacher" / "eval_cache.json").is_file()
+
+
+def test_the_answer_comes_first(experiment):
+    """A short table of paired gains with their significance before the wide table, and a gain figure."""
+    from kdlab.report.summary import summary_rows
+
+    results = _results(experiment)
+    summary = results["summary"]
+    students = [r for r in results["rows"] if r["role"] == "student"]
+    assert [s["label"] for s in summary] == [r["label"] for r in sorted(students, key=lambda r: -r["gain_top1_last_mean"])]
+    for entry in summary:
+        if not entry["gain_top1_last_se"]:  # identical per-seed differences: no spread, no test
+            assert entry["gain_t"] is None and entry["significant"].startswith("–")
+            continue
+        t = entry["gain_top1_last_mean"] / entry["gain_top1_last_se"]
+        assert entry["gain_t"] == pytest.approx(t)
+        assert entry["significant"].startswith("yes" if abs(t) > 2 else "no")
+    md = (experiment["out"] / "results.md").read_text()
+    assert md.index("## Gains over the baseline") < md.index("## All rows")
+    html = (experiment["out"] / "index.html").read_text()
+    assert html.index("Gains over the baseline") < html.index("All rows") and "gains.png" in html
+    assert (experiment["out"] / "gains.png").stat().st_size > 1000
+    one_seed = summary_rows([{**students[0], "gain_n_seeds": 1, "gain_top1_last_se": 0.0}])
+    assert one_seed[0]["gain_t"] is None and one_seed[0]["significant"].startswith("–")

@@ -21,6 +21,7 @@ import ctypes
 import ctypes.util
 import functools
 import os
+import time
 
 # mallopt parameter numbers from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -58,3 +59,88 @@ def _mallopt():
     func.argtypes = (ctypes.c_int, ctypes.c_int)
     func.restype = ctypes.c_int
     return func
+
+
+# -- threads on a shared machine -------------------------------------------------------------------------------------
+# On a 2-core machine with one other busy process, 2 OpenMP threads spend most of each step waiting at a barrier for
+# the thread that the OS descheduled: throughput fell to 0.26 of the idle figure (issue 13), while 1 thread kept 0.52.
+# So, with threads="auto", each epoch runs with the cores that other processes left free in the previous one (at
+# least 1). The thread count changes the order of floating-point sums, so the numbers of a run depend on it: it is
+# recorded per epoch in the history, and `threads=N` pins it for bit-for-bit reproducibility across machines and loads.
+
+THREADS_ENV = "KDLAB_THREADS"  # pins the threads where the config leaves them to kdlab (e.g. for a test suite)
+
+
+class OtherLoad:
+    """CPU time that OTHER processes used since construction (or the last :meth:`restart`), in cores.
+
+    Linux: ``/proc/stat``'s busy time minus this process's own CPU time; unlike the load average it does not count
+    this process. None where /proc/stat is missing.
+    """
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    def restart(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[float, float, float] | None:
+        try:
+            import resource
+
+            fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+            own = resource.getrusage(resource.RUSAGE_SELF)
+        except (ImportError, OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        busy = (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal, without guest (counted in user)
+        return time.perf_counter(), busy, own.ru_utime + own.ru_stime
+
+    def cores(self) -> float | None:
+        """Average number of cores busy with other processes since the start."""
+        end = self._read()
+        if self.start is None or end is None or end[0] - self.start[0] <= 0:
+            return None
+        others = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return max(0.0, others / (end[0] - self.start[0]))
+
+
+def available_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. under taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class ThreadPolicy:
+    """How many intra-op threads each epoch gets: ``threads`` (an int) pins it; ``None`` means auto."""
+
+    SAMPLE_S = 0.1  # the first decision of a run samples the other processes' load this long
+
+    def __init__(self, threads: int | None = None) -> None:
+        env = os.environ.get(THREADS_ENV, "").strip()
+        self.pinned = threads or (int(env) if env.isdigit() and int(env) > 0 else None)
+        self.load: OtherLoad | None = None
+
+    def choose(self) -> int:
+        """Threads for the next epoch: the pinned number, else the cores left free by other processes."""
+        if self.pinned:
+            return self.pinned
+        if self.load is None:
+            self.load = OtherLoad()
+            time.sleep(self.SAMPLE_S)
+        others = self.load.cores()
+        self.load.restart()
+        cores = available_cores()
+        return cores if others is None else max(1, min(cores, int(cores - others + 0.5)))
+
+    def apply(self) -> int:
+        """Set torch's intra-op threads for the next epoch; returns the number."""
+        import torch
+
+        threads = self.choose()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads

@@ -22,7 +22,7 @@ from kdlab.batch import Batch
 from kdlab.config import OptimConfig
 from kdlab.engine.device import autocast
 from kdlab.engine.evaluate import evaluate
-from kdlab.engine.host import tune_cpu_allocator
+from kdlab.engine.host import ThreadPolicy, tune_cpu_allocator
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.runio import RunIO
 from kdlab.errors import DivergenceError
@@ -41,6 +41,7 @@ class EngineOptions:
     compile: bool = False
     eval_test_every_epoch: bool = True
     model_meta: dict = field(default_factory=dict)  # JSON metadata stored in every saved weights file
+    threads: Optional[int] = None  # CPU threads; None: chosen each epoch from the free cores (engine/host.py)
 
 
 class Trainer:
@@ -62,6 +63,7 @@ class Trainer:
         self.history: list[dict] = []
         self.best = {"val_top1": float("-inf"), "epoch": 0}
         self.skipped = 0  # batches skipped for a non-finite loss (optim.skip_nonfinite)
+        self.threads = ThreadPolicy(options.threads) if options.device.type == "cpu" else None
 
     # -- public -------------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
@@ -71,6 +73,8 @@ class Trainer:
             self.io.log(f"resuming {self.io.run_dir} after epoch {start_epoch}/{self.opt.epochs}")
         for epoch in range(start_epoch, self.opt.epochs):
             row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+            if self.threads is not None:
+                row["threads"] = self.threads.apply()
             row.update(self._train_epoch(epoch))
             row.update(self._evaluate(final=epoch + 1 == self.opt.epochs))
             self._select(row)

@@ -95,12 +95,14 @@ def _featured(rows: list[dict], groups: dict[RowKey, list[RunEval]]) -> list[Row
 
 
 def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str, list[tuple[str, str]]], str | None]:
-    from kdlab.report.figures import accuracy_figure, confusion_figure, curves_figure, reliability_figure
+    from kdlab.report.figures import (accuracy_figure, confusion_figure, curves_figure, gains_figure,
+                                      reliability_figure)
 
     groups = group_runs(runs)
     featured = _featured(rows, groups)
     for stale in out.glob("confusion_*.png"):  # a previous report may have featured other rows
         stale.unlink()
+    gains = gains_figure(rows, out / "gains.png")
     accuracy_figure(rows, out / "accuracy.png")
     curves_figure([(row_label(k), [r.history for r in g]) for k, g in groups.items()], out / "curves.png")
     confusions = []
@@ -115,6 +117,8 @@ def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str
     reliability_figure(panels, out / "reliability.png")
     best = row_label(featured[-1]) if featured and featured[-1][0] == "student" else None
     figures = {
+        "Gains over the baseline": [("gains.png", "Each method's test top-1 gain over the baseline of the same "
+                                                  "student, paired by seed (± 1 and 2 standard errors)")] if gains else [],
         "Accuracy": [("accuracy.png", "Test top-1 per row: last epoch and val-selected epoch (± std over seeds)")],
         "Learning curves": [("curves.png", "Train loss and validation top-1 per epoch (mean ± std over seeds)")],
         "Confusion matrices": confusions,

@@ -46,6 +46,36 @@ def accuracy_figure(rows: list[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
+def gains_figure(rows: list[dict], path: Path) -> Path | None:
+    """The main figure: each distilled student's paired gain over its baseline (pp, last epoch), ± 1 and 2 standard
+    errors; bars more than 2 SE from zero are dark. None when no row has a gain."""
+    rows = sorted((r for r in rows if r.get("role") == "student" and r.get("gain_top1_last_mean") is not None),
+                  key=lambda r: -r["gain_top1_last_mean"])
+    if not rows:
+        return None
+    fig = Figure(figsize=(8, 1.2 + 0.42 * len(rows)))
+    ax = fig.add_subplot()
+    y = np.arange(len(rows))
+    means = np.array([r["gain_top1_last_mean"] for r in rows])
+    ses = np.array([r.get("gain_top1_last_se") or 0.0 for r in rows])
+    strong = np.abs(means) > 2 * ses
+    ax.barh(y, means, 0.6, color=[SELECTED_COLOR if s else LAST_COLOR for s in strong])
+    ax.errorbar(means, y, xerr=2 * ses, fmt="none", ecolor="#888888", elinewidth=1, capsize=2)
+    ax.errorbar(means, y, xerr=ses, fmt="none", ecolor="#222222", elinewidth=2, capsize=3)
+    ax.axvline(0, color="black", linewidth=0.8)
+    for yi, m, se in zip(y, means, ses):
+        ax.text(m + (2 * se + 0.02 * max(1e-9, np.abs(means).max())) * (1 if m >= 0 else -1), yi, f"{m:+.2f}",
+                va="center", ha="left" if m >= 0 else "right", fontsize=8)
+    ax.set_yticks(y, [f"{r['label']}  (n={r.get('gain_n_seeds') or r['n_seeds']})" for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("gain over the baseline, paired by seed (test top-1, pp): bar = mean, black = ± 1 SE, grey = ± 2 SE")
+    ax.grid(axis="x", alpha=0.3)
+    lo, hi = float((means - 2 * ses).min()), float((means + 2 * ses).max())
+    pad = 0.15 * max(hi - lo, 0.2)
+    ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)
+    return _save(fig, path)
+
+
 def _mean_curve(histories: Sequence[list[dict]], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Epochs, mean and std over runs of ``key`` (epochs where at least one run has it)."""
     by_epoch: dict[int, list[float]] = {}

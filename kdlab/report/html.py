@@ -6,6 +6,7 @@ import json
 from html import escape
 from pathlib import Path
 
+from kdlab.report.summary import summary_html
 from kdlab.report.table import display_columns, display_value
 from kdlab.report.write import write_text
 
@@ -20,7 +21,8 @@ th, td { border: 1px solid #ddd; padding: 0.3rem 0.55rem; }
 th { background: #f3f5f8; position: sticky; top: 0; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.role-teacher td { background: #fbf8ef; } tr.role-baseline td { background: #f3f7fb; }
-tr.best td { font-weight: 600; } tr.flagged td { background: #fdecea; color: #8a1c13; }
+tr.best td { font-weight: 600; } table.summary tr.win td { background: #eaf5ea; }
+table.summary tr.loss td { background: #fbeeee; } tr.flagged td { background: #fdecea; color: #8a1c13; }
 figure { margin: 1rem 0; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 0.9rem; }
 .figs { display: flex; flex-wrap: wrap; gap: 1rem; } .figs figure { flex: 1 1 420px; }
@@ -59,7 +61,8 @@ def write_html(path: Path, header: dict, rows: list[dict], top5: bool, figures: 
         f'<div class="meta">Dataset <b>{escape(str(dataset.get("name")))}</b> · seeds {escape(seeds)} · '
         f"{len(rows)} rows · data: <a href=\"results.csv\">results.csv</a> · <a href=\"results.json\">results.json</a>"
         f" · <a href=\"results.md\">results.md</a></div>",
-        "<h2>Results</h2>", _table(rows, top5, best_label),
+        *([f"<h2>Gains over the baseline</h2>{answer}"] if (answer := summary_html(rows)) else []),
+        "<h2>All rows</h2>", _table(rows, top5, best_label),
         "<p>Mean ± sample std over seeds. Gains: mean of per-seed differences from the baseline of the same student "
         "(paired by seed) ± standard error. Every number is recomputed from the saved checkpoints on the test split; "
         "agreement and KL compare with the teacher run's last-epoch predictions.</p>",

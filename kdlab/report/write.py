@@ -7,6 +7,8 @@ import io
 import json
 from pathlib import Path
 from kdlab.files import json_safe
+from kdlab.report.summary import NOTE as SUMMARY_NOTE
+from kdlab.report.summary import summary_markdown, summary_rows
 from kdlab.report.table import display_columns, display_value
 
 SELECTION_NOTE = ("\"val-selected\" is the epoch with the best top-1 on the validation split (held out from train); "
@@ -34,8 +36,11 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_results_json(path: Path, header: dict, rows: list[dict], runs: list[dict], skipped: list[dict],
                        notes: list[str]) -> None:
-    payload = {**header, "columns": csv_columns(rows), "rows": rows, "runs": runs, "skipped": skipped,
-               "notes": notes}
+    summary = [{k: r.get(k) for k in ("label", "gain_top1_last_mean", "gain_top1_last_se", "gain_t", "significant",
+                                      "gain_top1_selected_mean", "gain_top1_selected_se", "gain_n_seeds")}
+               for r in summary_rows(rows)]
+    payload = {**header, "summary": summary, "columns": csv_columns(rows), "rows": rows, "runs": runs,
+               "skipped": skipped, "notes": notes}
     write_text(path, json.dumps(json_safe(payload), indent=2, ensure_ascii=False, allow_nan=False) + "\n")
 
 
@@ -49,8 +54,10 @@ def markdown_table(rows: list[dict], top5: bool) -> str:
 
 def write_markdown(path: Path, header: dict, rows: list[dict], top5: bool, notes: list[str]) -> None:
     dataset = header["dataset"]
+    answer = summary_markdown(rows)
     text = [f"# {header['name']}", "",
             f"Dataset: **{dataset.get('name')}** · seeds: {', '.join(map(str, header['seeds'])) or '–'}", "",
+            *(["## Gains over the baseline", "", answer, "", SUMMARY_NOTE, "", "## All rows", ""] if answer else []),
             markdown_table(rows, top5), "",
             "Mean ± sample std over seeds; gains are paired by seed over the baseline of the same student "
             "(mean ± standard error). Metrics are recomputed from the saved checkpoints on the test split.", "",

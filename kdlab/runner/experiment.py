@@ -25,7 +25,7 @@ from kdlab.models.saved import load_model
 from kdlab.report.manifest import Manifest
 from kdlab.runner.live import Live
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
-from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
+from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache, TeacherViewBank
 
 
 @contextmanager
@@ -116,17 +116,24 @@ class ExperimentRunner:
         self._caches.extend(opened)
         self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, spec.cfg.epochs - before)
 
-    def _cache_factory(self, spec: RunSpec, opened: list) -> Callable[[str], TeacherLogitCache] | None:
-        """A factory the single run calls with its data stream key when its method needs teacher logits only."""
+    def _cache_factory(self, spec: RunSpec, opened: list) -> Callable | None:
+        """A factory the single run calls with its training loader when its method needs teacher logits only: the
+        per-epoch cache of its data stream, or with ``teacher_views`` the teacher's bank of fixed views."""
         if spec.teacher_run is None or not self.exp.share_teacher_outputs:
             return None
         exp, teacher_run = self.exp, spec.teacher_run
 
-        def factory(stream_key: str) -> TeacherLogitCache:
+        def factory(loader) -> TeacherLogitCache | TeacherViewBank:
             device = resolve_device(exp.device)
             teacher, _ = load_model(teacher_run.checkpoint, device, factories=self.live.models)
-            directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{stream_key}"
-            cache = TeacherLogitCache(directory, teacher, device, use_bf16(exp.precision, device), exp.channels_last)
+            bf16 = use_bf16(exp.precision, device)
+            if loader.fixed_views:
+                path = self.dir / "teacher_views" / f"{teacher_run.key}-{loader.views_key}.safetensors"
+                cache = TeacherViewBank(path, teacher, loader, device, bf16, exp.channels_last,
+                                        exp.dataset.eval_batch_size)
+            else:
+                directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{loader.stream_key}"
+                cache = TeacherLogitCache(directory, teacher, device, bf16, exp.channels_last)
             opened.append(cache)
             return cache
 

@@ -78,12 +78,15 @@ class ExperimentConfig:
     assistant_schedule: Optional[Schedule] = None  # default: the students' schedule
     imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     device: str = "auto"
+    threads: Optional[int] = None  # CPU threads per run; None: each epoch, the cores other processes leave free
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False
     progress: bool = True
     eval_test_every_epoch: bool = True  # False: test only at the end (curves then show the val split only)
     share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
+    teacher_views: int = 0  # K > 0: students see K fixed augmented views per image (dataset.fixed_views), and each
+    #                         teacher's logits for them are computed once for every logits-only method and seed
     keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
 
     @property

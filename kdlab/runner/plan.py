@@ -97,13 +97,15 @@ def _needs_teacher(method: str, live: Live) -> bool:
 
 
 def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, method: MethodEntry | None,
-                  seed: int) -> TrainConfig:
-    dataset = replace(exp.dataset, batch_size=schedule.batch_size or exp.dataset.batch_size)
+                  seed: int, fixed_views: int = 0) -> TrainConfig:
+    dataset = replace(exp.dataset, batch_size=schedule.batch_size or exp.dataset.batch_size,
+                      fixed_views=fixed_views or exp.dataset.fixed_views)
     return TrainConfig(
         model=ModelConfig(name=model.name, pretrained=model.pretrained, kwargs=dict(model.kwargs)),
         dataset=dataset, optim=schedule.optim,
         method=MethodConfig(name=method.name, params=dict(method.params)) if method else MethodConfig(),
-        epochs=schedule.epochs, seed=seed, imports=list(exp.imports), device=exp.device, precision=exp.precision,
+        epochs=schedule.epochs, seed=seed, imports=list(exp.imports), device=exp.device, threads=exp.threads,
+        precision=exp.precision,
         channels_last=exp.channels_last, compile=exp.compile, out_dir=str(exp.directory / "runs"),
         progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch)
 
@@ -112,7 +114,7 @@ def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str, pl
     """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
     plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
     payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "teacher", "imports"):
+    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "imports"):
         payload.pop(volatile)
     identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
     if plugins:
@@ -155,7 +157,7 @@ def _assistant_specs(exp: ExperimentConfig, teachers: list[RunSpec], fingerprint
     for entry in exp.assistants:
         method = entry.method or MethodEntry(name="kd")
         for teacher in teachers:
-            cfg = _train_config(exp, entry, schedule, method, exp.teacher_seed)
+            cfg = _train_config(exp, entry, schedule, method, exp.teacher_seed, exp.teacher_views)
             spec = RunSpec("assistant", entry.display, method.display, exp.teacher_seed, cfg, teacher=teacher.student,
                            teacher_run=teacher)
             specs.append(_keyed(spec, fingerprint, live))
@@ -171,14 +173,14 @@ def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = Non
     methods = [m for m in exp.methods if m.name != "ce"]
     for seed in exp.seeds:
         for student in exp.students:
-            base = _train_config(exp, student, exp.student_schedule, None, seed)
+            base = _train_config(exp, student, exp.student_schedule, None, seed, exp.teacher_views)
             plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint, live))
             for method in methods:
                 sources: list = teachers if _needs_teacher(method.name, live) else [None]
                 if method.via is not None:
                     sources = [a for a in assistants if a.student == method.via]
                 for teacher in sources:
-                    cfg = _train_config(exp, student, exp.student_schedule, method, seed)
+                    cfg = _train_config(exp, student, exp.student_schedule, method, seed, exp.teacher_views)
                     spec = RunSpec("student", student.display, method.display, seed, cfg,
                                    teacher=teacher.student if teacher else None, teacher_run=teacher)
                     plan.append(_keyed(spec, data_fingerprint, live))

@@ -154,14 +154,14 @@ def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[
     """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict.
 
     ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
-    stream's key, returns a provider of the teacher's logits for each batch (shared by all methods of a seed); used
-    only when the method reads nothing but the teacher's logits. ``live``: Python objects named by the config.
+    loader, returns a provider of the teacher's logits for each batch (shared by all methods of a seed, or with fixed
+    views by every seed); used only when the method reads nothing but the teacher's logits. ``live``: Python objects named by the config.
     """
     return train_run(cfg, splits, teacher_cache, io_rank, live)[0]
 
 
 def train_run(cfg: TrainConfig, splits: Splits | None = None,
-              teacher_cache: Callable[[str], TeacherCache] | None = None, io_rank: int = 0,
+              teacher_cache: Callable[..., TeacherCache] | None = None, io_rank: int = 0,
               live: Live | None = None) -> tuple[dict, torch.nn.Module | None]:
     """:func:`run`, also returning the trained method (None when a finished run was loaded)."""
     live = live or Live()
@@ -203,7 +203,7 @@ def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
         io.log("teacher outputs are not shared for this run: its data's views are the Dataset's own, not a pure "
                "function of (seed, epoch), so the teacher runs live")
         return None
-    return teacher_cache(train_loader.stream_key)
+    return teacher_cache(train_loader)
 
 
 def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device,
@@ -220,7 +220,7 @@ def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.
                       precision="bf16" if bf16 else "fp32")
     return EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
                          channels_last=cfg.channels_last, compile=cfg.compile,
-                         eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta)
+                         eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta, threads=cfg.threads)
 
 
 def _prepare(method, train_loader, splits: Splits, device: torch.device) -> None:

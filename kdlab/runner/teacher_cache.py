@@ -115,3 +115,52 @@ class TeacherLogitCache:
                 getattr(loaded, "logits" if kind == "logits" else "checksums")[int(index)] = tensor
         self._current = loaded
         return loaded
+
+
+class TeacherViewBank:
+    """The teacher's logits for the K fixed views of every training image (``dataset.fixed_views``, FKD's idea),
+    computed once per teacher and views key and reused by every logits-only method, every seed and every epoch.
+
+    The views are a pure function of (data, augmentation settings, split_seed, k) (see
+    ``BatchLoader.view_draws``), so the bank is keyed by the teacher's run key and the loader's ``views_key``; a
+    batch reads row ``[view, index]`` for each of its samples. Stored as fp16 ``[K, N, classes]`` in one safetensors
+    file (written atomically), as the per-epoch cache stores its logits.
+    """
+
+    def __init__(self, path: Path, teacher: nn.Module, loader, device: torch.device, bf16: bool,
+                 channels_last: bool, batch_size: int = 512) -> None:
+        self.path = Path(path)
+        self.device = device
+        self.stats = CacheStats()
+        if self.path.is_file():
+            self.logits = load_weights(self.path)[0]["logits"]
+        else:
+            self.logits = self._compute(teacher.to(device).eval(), loader, bf16, channels_last, batch_size)
+            save_weights(self.path, {"logits": self.logits}, {"views": loader.fixed_views, "key": loader.views_key})
+        self.logits = self.logits.to(device)
+
+    def _compute(self, teacher: nn.Module, loader, bf16: bool, channels_last: bool, batch_size: int) -> Tensor:
+        if channels_last:
+            teacher.to(memory_format=torch.channels_last)
+        views = []
+        for k in range(loader.fixed_views):
+            rows = []
+            for batch in loader.view_batches(k, batch_size):
+                images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
+                with torch.no_grad(), autocast(self.device, bf16):
+                    rows.append(teacher(images).float().to("cpu", torch.float16))
+                self.stats.computed_batches += 1
+                self.stats.computed_images += len(images)
+            views.append(torch.cat(rows))
+        return torch.stack(views)
+
+    def __call__(self, epoch: int, index: int, batch: Batch) -> Tensor:
+        self.stats.reused_batches += 1
+        self.stats.reused_images += len(batch)
+        return self.logits[batch.extras["view"], batch.index].float()
+
+    def flush(self) -> None:
+        """Nothing to write: the bank is complete once built."""
+
+    def discard(self) -> None:
+        """The bank outlives a seed: every seed reuses it."""
