@@ -8,7 +8,7 @@ import pytest
 from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import ConfigError, KdlabError
-from kdlab.runner.experiment import ExperimentRunner, _speed_key, experiment_lock
+from kdlab.runner.experiment import ExperimentRunner, experiment_lock
 from kdlab.runner.plan import default_experiment_path, load_experiment_file
 from kdlab.runner.plan import expand, validate
 
@@ -108,19 +108,25 @@ def test_lock_refuses_a_second_invocation(tiny_experiment):
             ExperimentRunner(exp).run()
 
 
-def test_eta_uses_the_speed_of_the_same_kind_of_run(tmp_path):
+def test_eta_uses_the_speed_of_the_same_kind_of_run_and_counts_the_teacher(tmp_path):
+    from kdlab.runner.eta import Eta
+
     exp = load_experiment_file(None, [f"out_dir={tmp_path}"])
     plan = expand(exp, "data1")
     teacher, baseline, kd = plan[0], plan[1], next(s for s in plan if s.method == "kd")
-    lab = ExperimentRunner(exp, log=lambda message: None)
-    lab.epoch_seconds = {_speed_key(teacher): 40.0, _speed_key(baseline): 5.0}
-    epochs = exp.student_schedule.epochs
-    assert lab._epoch_estimate(teacher) == 40.0
-    assert lab._epoch_estimate(next(s for s in plan if s.role == "baseline" and s.seed == 2)) == 5.0
-    assert lab._epoch_estimate(kd) == 5.0  # no KD run measured yet: runs of the same student model
-    lab.epoch_seconds[_speed_key(kd)] = 12.0
-    assert lab._epoch_estimate(next(s for s in plan if s.method == "kd" and s.seed == 1)) == 12.0
-    assert lab._eta([kd]) == 12.0 * epochs
+    dml = next(s for s in plan if s.method == "dml")
+    eta = Eta()
+    assert eta.epoch(kd) == 0.0 and eta.left([kd], lambda s: 0) == 0.0
+    eta.record(teacher, 42.0)
+    assert eta.epoch(teacher) == 42.0
+    assert eta.epoch(baseline) == 42.0  # nothing of the student measured yet: the mean over what is
+    eta.record(baseline, 5.0)
+    assert eta.epoch(next(s for s in plan if s.role == "baseline" and s.seed == 2)) == 5.0
+    assert eta.epoch(kd) == pytest.approx(5.0 + 42.0 / 3)  # the student's epoch plus the teacher's forward passes
+    assert eta.epoch(dml) == 5.0  # no teacher
+    eta.record(kd, 12.0)
+    assert eta.epoch(next(s for s in plan if s.method == "kd" and s.seed == 1)) == 12.0
+    assert eta.left([kd], lambda s: 1) == 12.0 * (exp.student_schedule.epochs - 1)
 
 
 def test_a_given_teacher_may_be_a_run_directory(tmp_path):

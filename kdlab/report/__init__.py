@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 
 from kdlab.engine.device import resolve_device
 from kdlab.plugins import import_modules
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
 from kdlab.report.manifest import Manifest, ReportError
-from kdlab.report.efficiency import count_parameters, flops_per_image, latency_ms
+from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
 from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
                                 run_record)
 
@@ -76,10 +75,9 @@ def _notes(collected: Collected) -> list[str]:
         elif source == "checkpoint":
             notes.append(f"{run.spec.key}: teacher given as a finished checkpoint ({run.spec.path}), not trained "
                          "here: its 'val-selected' value is that checkpoint's, and it has no curves or train time")
-    notes.append("NLL, ECE (15 equal-width confidence bins), agreement and KL use the last-epoch weights. FLOPs: "
-                 "PyTorch's flop counter, one forward pass of one image (a multiply-add counts 2). CPU latency: "
-                 f"median of timed passes after warm-up, with {torch.get_num_threads()} threads, measured once per "
-                 "architecture and label.")
+    notes.append("Every test metric is computed in fp32 from the saved weights, whatever precision the run trained "
+                 "in. NLL, ECE (15 equal-width confidence bins), agreement and KL use the last-epoch weights. FLOPs: "
+                 "PyTorch's flop counter, one forward pass of one image (a multiply-add counts 2). " + LATENCY_NOTE)
     return notes
 
 

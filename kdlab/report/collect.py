@@ -243,7 +243,9 @@ def efficiency_env() -> dict:
     """What a latency number depends on besides the weights: a change re-measures."""
     import platform
 
-    return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+    from kdlab.report.efficiency import LATENCY_NOTE
+
+    return {"torch": torch.__version__, "method": LATENCY_NOTE, "machine": platform.machine(),
             "processor": platform.processor()}
 
 

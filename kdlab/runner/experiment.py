@@ -23,6 +23,7 @@ from kdlab.errors import KdlabError
 from kdlab.runner import single
 from kdlab.models.saved import load_model
 from kdlab.report.manifest import Manifest
+from kdlab.runner.eta import Eta
 from kdlab.runner.live import Live
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache, TeacherViewBank
@@ -57,7 +58,7 @@ class ExperimentRunner:
         self.dir = exp.directory
         self.log = log
         self.stats = CacheStats()
-        self.epoch_seconds: dict[tuple, float] = {}  # measured seconds per epoch, by _speed_key
+        self.eta = Eta()  # measured seconds per epoch, by kind of run
         self._caches: list[TeacherLogitCache] = []  # this seed's caches, discarded when its last run is done
         self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
@@ -104,7 +105,8 @@ class ExperimentRunner:
         if state == "done":
             self.log(f"{head}: done")
             return
-        eta = self._eta(plan[number - 1:])
+        eta = self.eta.left([s for s in plan[number - 1:] if _state(s) != "done" and not s.given_checkpoint],
+                            _epochs_done)
         self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
         opened: list[TeacherLogitCache] = []
         start = time.perf_counter()
@@ -114,7 +116,7 @@ class ExperimentRunner:
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
-        self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, spec.cfg.epochs - before)
+        self.eta.record(spec, elapsed / max(1, spec.cfg.epochs - before))
 
     def _cache_factory(self, spec: RunSpec, opened: list) -> Callable | None:
         """A factory the single run calls with its training loader when its method needs teacher logits only: the
@@ -148,22 +150,6 @@ class ExperimentRunner:
     def _last_of_seed(plan: list[RunSpec], number: int) -> bool:
         return number == len(plan) or plan[number].seed != plan[number - 1].seed
 
-    def _eta(self, remaining: list[RunSpec]) -> float:
-        """Seconds left, from measured seconds per epoch: of the same kind of run (role, model, method, teacher) when
-        one ran already, else the mean over runs of the same model, else over everything measured so far."""
-        if not self.epoch_seconds:
-            return 0.0
-        return sum(self._epoch_estimate(s) * (s.cfg.epochs - _epochs_done(s))
-                   for s in remaining if _state(s) != "done" and not s.given_checkpoint)
-
-    def _epoch_estimate(self, spec: RunSpec) -> float:
-        key = _speed_key(spec)
-        for candidates in ([key], [k for k in self.epoch_seconds if k[1] == key[1]], list(self.epoch_seconds)):
-            seconds = [self.epoch_seconds[k] for k in candidates if k in self.epoch_seconds]
-            if seconds:
-                return sum(seconds) / len(seconds)
-        return 0.0
-
     def _write_manifest(self, plan: list[RunSpec]) -> None:
         files.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
         imports = list(dict.fromkeys(m for spec in plan for m in single.saved_imports(spec.cfg)))
@@ -183,11 +169,6 @@ def _describe(spec: RunSpec) -> str:
         return f"assistant {spec.student} {spec.method} <- {spec.teacher}"
     source = f" <- {spec.teacher}" if spec.teacher else ""
     return f"{spec.role} {spec.student} {spec.method}{source} seed {spec.seed}"
-
-
-def _speed_key(spec: RunSpec) -> tuple:
-    """What a run's speed depends on: its role and model, its method (the teacher's work, adapters, heads) and teacher."""
-    return (spec.role, spec.student, spec.method, spec.teacher)
 
 
 def _epochs_done(spec: RunSpec) -> int:
