@@ -33,7 +33,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
-	$(PY) benchmarks/kd_throughput.py
+	$(PY) benchmarks/kd_throughput.py --contend
 
 clean:
 	rm -rf runs experiments .pytest_cache

@@ -129,6 +129,13 @@ class Method(nn.Module):
         """Modules trained with the students but not saved with them (adapters, auxiliary heads, memory banks)."""
         return []
 
+    def replace_teacher(self, teacher: nn.Module) -> None:
+        """Swap the frozen teacher for an equivalent module (e.g. with BatchNorm folded) before the first forward pass:
+        the module names the method reads must exist in it."""
+        if self._shared_pass is not None:
+            raise RuntimeError("replace_teacher() must come before the method's first forward pass")
+        self.teacher = teacher.requires_grad_(False).eval()
+
     def uses_teacher_logits_only(self) -> bool:
         """True when precomputed teacher logits can stand in for the teacher's forward pass."""
         return self.reads_teacher_logits() and not self.teacher_layers()

@@ -106,6 +106,11 @@ class Composite(Method):
                 out[key if key not in out else f"loss_{name}_{key[len('loss_'):]}"] = part.params.weight * value
         return out
 
+    def replace_teacher(self, teacher: nn.Module) -> None:
+        super().replace_teacher(teacher)
+        for part in self.parts.values():
+            part.teacher = self.teacher
+
     def train(self, mode: bool = True) -> "Composite":
         super().train(mode)
         for part in self.parts.values():

@@ -19,6 +19,7 @@ from kdlab.config import to_dict
 from kdlab.data import load_splits
 from kdlab import console, files
 from kdlab.engine.device import resolve_device, use_bf16
+from kdlab.engine.inference import fold_batchnorm
 from kdlab.errors import KdlabError
 from kdlab.runner import single
 from kdlab.models.saved import load_model
@@ -128,6 +129,7 @@ class ExperimentRunner:
         def factory(loader) -> TeacherLogitCache | TeacherViewBank:
             device = resolve_device(exp.device)
             teacher, _ = load_model(teacher_run.checkpoint, device, factories=self.live.models)
+            teacher = fold_batchnorm(teacher)
             bf16 = use_bf16(exp.precision, device)
             if loader.fixed_views:
                 path = self.dir / "teacher_views" / f"{teacher_run.key}-{loader.views_key}.safetensors"

@@ -78,9 +78,10 @@ def validate(exp: ExperimentConfig, live: Live | None = None) -> None:
         raise ConfigError("experiment: 'seeds' is empty")
     if not exp.teachers:
         needy = [m.display for m in exp.methods if _needs_teacher(m.name, live or Live())]
-        if needy or exp.assistants:
-            raise ConfigError(f"{'method ' + repr(needy[0]) if needy else 'assistants'} need(s) a teacher; the "
-                              f"experiment lists none under 'teachers'")
+        if needy:
+            raise ConfigError(f"method {needy[0]!r} needs a teacher; the experiment lists none under 'teachers'")
+        if exp.assistants:
+            raise ConfigError("assistants are distilled from a teacher; the experiment lists none under 'teachers'")
     _check_labels(exp.assistants, "assistants")
     labels = {a.display for a in exp.assistants}
     for method in exp.methods:

@@ -25,6 +25,7 @@ from kdlab.data import Splits, load_splits, make_loader
 from kdlab import files
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
+from kdlab.engine.inference import fold_batchnorm
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, TeacherCache, Trainer
 from kdlab.errors import ConfigError
@@ -177,6 +178,8 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     student = build_student(cfg, splits.info, live)
     teacher = load_teacher(cfg.teacher, splits.info, device, live) if cfg.teacher else None
     method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
+    if teacher is not None:  # an inference module: BatchNorm folded, the layers the method reads kept by name
+        method.replace_teacher(fold_batchnorm(teacher, keep={n.partition(":")[0] for n in method.teacher_layers()}))
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
