@@ -15,19 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import kdlab
-from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 COMMON = {"epochs": 1, "device": "cpu", "progress": False, "precision": "fp32"}
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(root, n_train=200, n_test=60)
-    return root
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 import kdlab
-from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.engine.trainer import collapse_reason
 from kdlab.errors import DivergenceError
@@ -32,13 +31,6 @@ class NanLater(Method):
         bad = self.epoch >= 1 and self.step >= 3
         return {"loss_trap": ctx.logits.sum() * (float("nan") if bad else 0.0)}
 '''
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(root, n_train=200, n_test=40)
-    return root
 
 
 def _args(root, out, *extra):
