@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.safetensors"
+EXPORT_RESULT = "export.json"
 
 
 def weights_file(path: str | Path) -> Path:
@@ -96,6 +97,14 @@ class RunDir:
         """Where ``kdlab export`` writes format ``fmt`` of the student ``<weights>.safetensors``: ``export/<fmt>``
         for model.safetensors, ``export/<weights>-<fmt>`` for another one (best, student2...)."""
         return self.path / "export" / (fmt if weights == self.model.stem else f"{weights}-{fmt}")
+
+    def export_result(self, fmt: str) -> Path:
+        """The JSON of a complete, verified export of the run's student (written last by ``kdlab export``)."""
+        return self.export_dir(fmt) / EXPORT_RESULT
+
+    def read_export(self, fmt: str) -> dict | None:
+        data = _read_json(self.export_result(fmt))
+        return data if isinstance(data, dict) else None
 
     def student_file(self, name: str) -> Path:
         """Where the student called ``name`` is saved: ``student`` is model.safetensors, others ``<name>.safetensors``."""

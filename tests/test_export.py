@@ -267,3 +267,29 @@ def test_resized_run_exports_at_its_training_size(runs, tmp_path, capsys):
     r = _last_json(capsys.readouterr().out)
     assert r["input_shape"] == [1, 32, 32] and r["resize"] == [32, 32] and r["max_abs_diff"] <= r["tolerance"]
     assert "resize to 32x32" in (tmp_path / "resized" / "export" / "exported-program" / "MODEL_CARD.md").read_text()
+
+
+def test_an_experiment_exports_its_students_and_reports_deployable_accuracy(tmp_path):
+    data = make_learnable_fashion_mnist(tmp_path / "fmnist")
+    path = tmp_path / "exp.yaml"
+    path.write_text(textwrap.dedent(f"""
+        name: deploy
+        out_dir: {tmp_path}
+        dataset: {{name: fashion_mnist, root: {data}, batch_size: 16}}
+        seeds: [0]
+        teachers: [{{name: cnn_tiny}}]
+        students: [{{name: cnn_tiny}}]
+        methods: [kd]
+        teacher_schedule: {{epochs: 1}}
+        student_schedule: {{epochs: 1}}
+        export: [onnx]
+        device: cpu
+        progress: false
+    """))
+    assert main(["run", str(path)]) == 0
+    rows = {r["role"]: r for r in json.loads((tmp_path / "deploy" / "report" / "results.json").read_text())["rows"]}
+    for role in ("baseline", "student"):
+        assert rows[role]["int8_test_top1_mean"] is not None and rows[role]["onnx_latency_b1_ms"] > 0
+        assert rows[role]["onnx_test_top1_mean"] == pytest.approx(rows[role]["test_top1_last_mean"], abs=1e-6)
+    assert rows["teacher"].get("int8_test_top1_mean") is None
+    assert "int8 top-1 (%)" in (tmp_path / "deploy" / "report" / "results.md").read_text()

@@ -33,12 +33,13 @@ import torch
 import kdlab
 from kdlab import files
 from kdlab.errors import KdlabError
+from kdlab.rundir import EXPORT_RESULT
 from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, torch_runner
 from kdlab.export.source import Source, load_source
 from kdlab.export.verify import (VERIFY_IMAGES, agreement, check_fp32, evaluate_runner, latencies, reference)
 from kdlab.export.quantize import CALIBRATION_IMAGES, INT8_MAX_DROP
 
-RESULT_FILE = "export.json"
+RESULT_FILE = EXPORT_RESULT
 __all__ = ["export", "export_run", "FORMATS", "RESULT_FILE", "RESULT_KEYS"]
 
 # What export() returns and writes to export.json (one flat, JSON-friendly dict; sizes in 10^6 bytes, accuracies

@@ -85,6 +85,7 @@ class RunEval:
     cache_hit: bool = False
     cache: dict = field(default_factory=dict)  # the content of eval_cache.json (without its key)
     cache_key: dict = field(default_factory=dict)
+    deploy: dict = field(default_factory=dict)  # from the run's exports (export/<format>/export.json), when present
 
     @property
     def bins(self) -> ReliabilityBins:
@@ -235,8 +236,23 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
             else:
                 run.teacher_key = teacher.key
                 run.agreement, run.kl = teacher_agreement(tensors["last"], teacher_logits[teacher.key])
+        run.deploy = deploy_metrics(spec)
         runs.append(run)
     return Collected(runs, skipped, notes, diverged)
+
+
+DEPLOY_KEYS = {"onnx": ("test_top1", "latency_b1_ms", "latency_b64_ms", "size_mb", "int8_test_top1",
+                        "int8_latency_b1_ms", "int8_latency_b64_ms", "int8_size_mb")}
+
+
+def deploy_metrics(spec: ManifestRun) -> dict:
+    """What ``kdlab export`` measured of the run's student (``onnx_test_top1``, ``onnx_int8_test_top1``...)."""
+    out: dict = {}
+    for fmt, keys in DEPLOY_KEYS.items():
+        result = spec.files.read_export(fmt) if spec.checkpoint is None else None
+        if result:
+            out.update({f"{fmt}_{k}".replace("onnx_int8_", "int8_"): result.get(k) for k in keys})
+    return out
 
 
 def efficiency_env() -> dict:

@@ -7,7 +7,7 @@ from html import escape
 from pathlib import Path
 
 from kdlab.report.summary import summary_html
-from kdlab.report.table import display_columns, display_value
+from kdlab.report.table import deploy_columns, display_columns, display_value
 from kdlab.report.write import write_text
 
 CSS = """
@@ -34,7 +34,7 @@ NUM = ' class="num"'
 
 
 def _table(rows: list[dict], top5: bool, best_label: str | None) -> str:
-    cols = display_columns(top5, flags=any(row.get("flags") for row in rows))
+    cols = display_columns(top5, flags=any(row.get("flags") for row in rows)) + deploy_columns(rows)
     head = "".join(f"<th>{escape(c.header)}</th>" for c in cols)
     body = []
     for row in rows:

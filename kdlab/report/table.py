@@ -132,6 +132,11 @@ def build_row(key: RowKey, runs: list[RunEval], baseline: list[RunEval] | None, 
         row[name] = eff.get(name)
     row["train_time_s"] = _clean(mean_std(r.result.get("train_time_s") for r in runs)[0])
     row["selected_epoch_mean"] = _clean(mean_std(r.selected.get("epoch") for r in runs)[0])
+    for name in sorted({k for r in runs for k in r.deploy}):  # from the runs' exports ("deployable accuracy")
+        if name.endswith("top1"):
+            _stat(row, name, (r.deploy.get(name) for r in runs))
+        else:
+            row[name] = _clean(mean_std(r.deploy.get(name) for r in runs)[0])
     return row
 
 
@@ -186,6 +191,20 @@ class Display:
     key: str  # a plain column, or the stem of <key>_mean / <key>_std (or _se for gains)
     kind: str = "mean_std"  # mean_std | gain | count | number | text
     digits: int = 2
+
+
+DEPLOY_COLUMNS = [Display("ONNX top-1 (%)", "onnx_test_top1"), Display("int8 top-1 (%)", "int8_test_top1"),
+                  Display("ORT latency b1 (ms)", "onnx_latency_b1_ms", "number", 3),
+                  Display("int8 ORT latency b1 (ms)", "int8_latency_b1_ms", "number", 3),
+                  Display("ORT latency b64 (ms)", "onnx_latency_b64_ms", "number", 1),
+                  Display("int8 ORT latency b64 (ms)", "int8_latency_b64_ms", "number", 1),
+                  Display("int8 size (MB)", "int8_size_mb", "number", 3)]
+
+
+def deploy_columns(rows: list[dict]) -> list[Display]:
+    """The export columns some row has values for (an experiment with ``export: [onnx]``)."""
+    return [c for c in DEPLOY_COLUMNS
+            if any(r.get(c.key) is not None or r.get(f"{c.key}_mean") is not None for r in rows)]
 
 
 def display_columns(top5: bool, flags: bool = False) -> list[Display]:

@@ -9,7 +9,7 @@ from pathlib import Path
 from kdlab.files import json_safe
 from kdlab.report.summary import NOTE as SUMMARY_NOTE
 from kdlab.report.summary import summary_markdown, summary_rows
-from kdlab.report.table import display_columns, display_value
+from kdlab.report.table import deploy_columns, display_columns, display_value
 
 SELECTION_NOTE = ("\"val-selected\" is the epoch with the best top-1 on the validation split (held out from train); "
                   "the test split never selects anything. \"last\" is the final epoch.")
@@ -45,7 +45,7 @@ def write_results_json(path: Path, header: dict, rows: list[dict], runs: list[di
 
 
 def markdown_table(rows: list[dict], top5: bool) -> str:
-    cols = display_columns(top5, flags=any(row.get("flags") for row in rows))
+    cols = display_columns(top5, flags=any(row.get("flags") for row in rows)) + deploy_columns(rows)
     lines = ["| " + " | ".join(c.header for c in cols) + " |",
              "|" + "|".join("---" if c.kind == "text" else "---:" for c in cols) + "|"]
     lines += ["| " + " | ".join(display_value(row, c).replace("|", "\\|") for c in cols) + " |" for row in rows]

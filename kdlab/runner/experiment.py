@@ -74,6 +74,8 @@ class ExperimentRunner:
                 self._run_or_record(number, plan, spec, splits, failed)
                 if self._last_of_seed(plan, number) and not self.exp.keep_teacher_cache:
                     self._discard_caches()
+            if self.exp.export:
+                self._export(plan, failed)
             wall = time.perf_counter() - started
             summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": self.trained_seconds,
                        "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
@@ -152,11 +154,24 @@ class ExperimentRunner:
     def _last_of_seed(plan: list[RunSpec], number: int) -> bool:
         return number == len(plan) or plan[number].seed != plan[number - 1].seed
 
+    def _export(self, plan: list[RunSpec], failed: list[dict]) -> None:
+        """Export, verify (and quantize) every finished baseline and student (kept when already done for its weights)."""
+        from kdlab.export import export_run
+
+        for spec in plan:
+            if spec.role not in ("baseline", "student") or not spec.files.finished():
+                continue
+            try:
+                export_run(spec.run_dir, self.exp.export, int8=self.exp.export_int8 and "onnx" in self.exp.export)
+            except KdlabError as exc:
+                self.log(f"export of {spec.run_dir.name} failed: {exc}")
+                failed.append({"key": spec.key, "run_dir": str(spec.run_dir), "error": f"export: {exc}"})
+
     def _write_manifest(self, plan: list[RunSpec]) -> None:
         files.write_text(self.dir / "experiment.yaml", yaml.safe_dump(to_dict(self.exp), sort_keys=False))
         imports = list(dict.fromkeys(m for spec in plan for m in single.saved_imports(spec.cfg)))
         Manifest(self.exp.name, to_dict(self.exp.dataset), list(self.exp.seeds),
-                 [spec.manifest_run() for spec in plan], imports).write(self.dir)
+                 [spec.manifest_run() for spec in plan], imports, {"export": list(self.exp.export)}).write(self.dir)
 
 
 def _trained_now(spec: RunSpec, epochs_before: int) -> float:

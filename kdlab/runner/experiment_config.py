@@ -88,6 +88,8 @@ class ExperimentConfig:
     teacher_views: int = 0  # K > 0: students see K fixed augmented views per image (dataset.fixed_views), and each
     #                         teacher's logits for them are computed once for every logits-only method and seed
     keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
+    export: list[str] = field(default_factory=list)  # e.g. [onnx]: export, verify (and int8) every student
+    export_int8: bool = True  # with onnx: also the int8 model, its accuracy, size and latency ("deployable accuracy")
 
     @property
     def directory(self) -> Path:
