@@ -6,12 +6,9 @@ or Ctrl-C picks up where it stopped. A lock file keeps two invocations from work
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import yaml
 
@@ -28,23 +25,9 @@ from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
 
 
-@contextmanager
-def experiment_lock(directory: Path) -> Iterator[None]:
+def experiment_lock(directory: Path):
     """An exclusive, non-blocking lock on the experiment directory (released by the OS if the process dies)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise KdlabError(f"another kdlab process is running the experiment in {directory}; wait for it to finish")
-    try:
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    return files.directory_lock(directory, "running the experiment")
 
 
 class ExperimentRunner:
