@@ -22,6 +22,7 @@ from kdlab.models.saved import load_model
 from kdlab.report.manifest import Manifest
 from kdlab.runner.live import Live
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
+from kdlab.runner.preflight import check_plan
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache
 
 
@@ -48,6 +49,7 @@ class ExperimentRunner:
         with experiment_lock(self.dir):
             splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
             plan = expand(self.exp, splits.fingerprint, self.live)
+            check_plan(plan, splits, self.live)  # files, finished runs and input sizes, before anything trains
             self._write_manifest(plan)
             started = time.perf_counter()
             failed: list[dict] = []
