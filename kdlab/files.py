@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from kdlab.errors import CheckpointError, KdlabError
+from kdlab.errors import FILE_SYSTEM_ERRORS, CheckpointError, KdlabError
 
 METADATA_KEY = "kdlab"
 LOW_SPACE = 1 << 20  # bytes: a write that fails with less free space than this failed for want of space
@@ -103,7 +103,8 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
         directory.mkdir(parents=True, exist_ok=True)
         handle = open(directory / ".lock", "w")
     except OSError as exc:
-        raise KdlabError(f"cannot create or write {directory}: {exc.strerror or exc}") from None
+        reason = FILE_SYSTEM_ERRORS.get(exc.errno) or exc.strerror or str(exc)
+        raise KdlabError(f"cannot create or write {directory}: {reason}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
