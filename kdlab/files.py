@@ -85,6 +85,14 @@ def _new_temp_file(path: Path) -> str:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
 
 
+def remove_stale_temp_files(directory: str | Path) -> None:
+    """Temporary files a killed process left mid-write in ``directory`` and its subfolders (never read: only renamed
+    into place when complete). Call only while holding the directory's lock."""
+    for tmp in Path(directory).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
 def sha256_file(path: str | Path) -> str:
     """The sha256 (hex) of a file's bytes."""
     digest = hashlib.sha256()

@@ -226,6 +226,8 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | Non
     finished = check_run_dir(run_dir, cfg, identity, locked=True)  # another process may have finished it meanwhile
     if finished is not None:
         return finished, None
+    if io_rank == 0 and run_dir.is_dir():
+        files.remove_stale_temp_files(run_dir)  # of writes a killed process left unfinished
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if splits is None:
