@@ -13,6 +13,11 @@ setup: $(VENV)/.kdlab-installed data
 $(VENV)/.kdlab-installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+# What the tests need besides (Ray, onnxruntime, Jupyter's kernel...): only `make test` installs it.
+$(VENV)/.kdlab-test-installed: $(VENV)/.kdlab-installed pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
@@ -29,7 +34,7 @@ data:
 demo: setup
 	$(PY) -m kdlab run
 
-test: setup
+test: setup $(VENV)/.kdlab-test-installed
 	$(PY) -m pytest
 
 bench: setup

@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from kdlab.config import TrainConfig, load_config, parse_value, split_args
 from kdlab.console import ensure_logging, log
-from kdlab.errors import ConfigError, KdlabError
+from kdlab.errors import ConfigError, KdlabError, user_message
 from kdlab.files import json_safe
 from kdlab.plugins import import_modules
 
@@ -173,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     ensure_logging(application=True)
     try:
         result = args.handler(args)
-    except KdlabError as exc:
-        print(f"kdlab: error: {exc}", file=sys.stderr)
+    except Exception as exc:  # expected failures become one line (see kdlab.errors.user_message); bugs re-raise
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"kdlab: error: {message}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("kdlab: interrupted; the last finished epoch is checkpointed — run the same command to resume",

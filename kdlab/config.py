@@ -2,6 +2,8 @@
 
 Rules, the same for every config in kdlab:
 - ``a.b=value`` sets a nested key; the value is read as a YAML scalar (``4``, ``0.1``, ``true``, ``[1, 2]``, ``null``).
+- Where a number is expected, every spelling Python's ``int()`` / ``float()`` accepts is one (``1e-3``, ``1_000``),
+  in files and overrides alike (YAML 1.1 alone reads ``1e-3`` as a string).
 - A scalar given to a section sets its ``name``: ``model=resnet20`` is ``model.name=resnet20``.
 - Unknown keys and values of the wrong type are rejected with one line naming the key (a ConfigError).
 - A dataclass may declare ``__extra__ = "field"``: keys it does not know are collected into that ``dict`` field and
@@ -148,13 +150,41 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, str) and (number := _parse_number(value, int)) is not None:
+            return number
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str) and (number := _parse_number(value, float)) is not None:
+            return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
     raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _parse_number(text: str, kind: type) -> Any:
+    """``text`` as Python reads an int or a float (``1e-3``, ``5E-4``, ``1.0e9``, ``1_000``, which YAML 1.1 leaves as
+    strings), or None. Only called where the annotation expects a number: strings elsewhere stay strings."""
+    try:
+        return kind(text)
+    except ValueError:
+        return None
+
+
+def check_plain_name(value: str | None, key: str) -> None:
+    """A name that becomes one folder inside an output directory: not empty, no path separator, not ``.``/``..``
+    (so nothing is ever written outside ``out_dir``)."""
+    if value is None:
+        return
+    if not value.strip() or value in (".", "..") or "/" in value or "\\" in value or "\0" in value:
+        raise ConfigError(f"config key {key!r}: {value!r} is not a plain folder name (no '/', not '.' or '..'); it "
+                          f"names a folder inside out_dir")
+
+
+def coerce(tp: Any, value: Any, key: str) -> Any:
+    """Check and convert one value against a type annotation, as a config field's (a ConfigError naming ``key``)."""
+    return _coerce(tp, value, key)
 
 
 def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:

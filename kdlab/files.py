@@ -6,41 +6,125 @@ Weights are safetensors with a JSON metadata string under the ``kdlab`` key, so 
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import hashlib
 import json
 import math
 import os
-import tempfile
+import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from kdlab.errors import CheckpointError
+from kdlab.errors import FILE_SYSTEM_ERRORS, CheckpointError, KdlabError
 
 METADATA_KEY = "kdlab"
+LOW_SPACE = 1 << 20  # bytes: a write that fails with less free space than this failed for want of space
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Call ``write(tmp_path)``, fsync, and atomically rename to ``path`` (same directory, so rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = _new_temp_file(path)
+    mode = os.stat(tmp).st_mode & 0o777  # 0666 less the umask
     try:
         write(tmp)
+        if os.stat(tmp).st_mode & 0o777 != mode:  # a writer that replaced the file (safetensors makes it 0600)
+            os.chmod(tmp, mode)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        problem = _file_system_problem(path, exc)
         Path(tmp).unlink(missing_ok=True)
+        if problem is not None:
+            raise problem from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _file_system_problem(path: Path, exc: BaseException) -> OSError | None:
+    """A failed write as the OSError of the file system's state, naming the target ``path`` (not the temporary file):
+    writers report a full disk in their own ways (torch.save: "unexpected pos"; safetensors: "I/O error")."""
+    if not isinstance(exc, (OSError, RuntimeError, SafetensorError)):
+        return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    text = str(exc)
+    if code is None:
+        try:
+            stat = os.statvfs(path.parent)
+        except OSError:
+            return None
+        if stat.f_flag & os.ST_RDONLY or "os error 30" in text:
+            code = errno.EROFS
+        elif stat.f_bavail * stat.f_frsize < LOW_SPACE or "os error 28" in text or "No space left" in text:
+            code = errno.ENOSPC
+    return OSError(code, os.strerror(code), str(path)) if code is not None else None
+
+
+def _new_temp_file(path: Path) -> str:
+    """An empty ``.<name>.<random>.tmp`` beside ``path``, created with mode 0666 so the user's umask applies (as to any
+    file the user creates; ``tempfile.mkstemp`` would make it 0600)."""
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path))
+
+
+def remove_stale_temp_files(directory: str | Path) -> None:
+    """Temporary files a killed process left mid-write in ``directory`` and its subfolders (never read: only renamed
+    into place when complete). Call only while holding the directory's lock."""
+    for tmp in Path(directory).rglob(".*.tmp"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+
+
+def sha256_file(path: str | Path) -> str:
+    """The sha256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
+    """An exclusive, non-blocking lock on ``directory`` (its ``.lock`` file; released by the OS if the process dies):
+    a second kdlab process working there is refused with one line naming ``what`` it is doing."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / ".lock", "w")
+    except OSError as exc:
+        reason = FILE_SYSTEM_ERRORS.get(exc.errno) or exc.strerror or str(exc)
+        raise KdlabError(f"cannot create or write {directory}: {reason}") from None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise KdlabError(f"another kdlab process is {what} in {directory}; wait for it to finish") from None
+    try:
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -7,10 +7,12 @@ One owner for the layout: the engine and the runner write through these names; t
     identity.json                what else decides the result: plug-in sources, data, teacher and initial weights
     meta.json                    kdlab version, git revision, environment, imported plug-ins
     metrics.jsonl  metrics.csv   one row per epoch (rewritten from the checkpointed history on resume)
-    checkpoints/latest.json      pointer to the newest complete checkpoint (written last, atomically)
+    checkpoints/latest.json      pointer to the newest complete checkpoint and the one before it, with the sha256
+                                 of their files (written last, atomically; see kdlab.engine.runio)
     checkpoints/epoch-NNNN/      weights.safetensors (students + extra modules), state.pt (optimizer, RNG...)
     model.safetensors            the trained student (last epoch); best.safetensors: the val-selected epoch
     <name>.safetensors           further students of a method that trains several (dml: student2...)
+    checksums.json               sha256 of the final weights files, written just before result.json
     result.json                  final metrics; its presence marks the run finished
     failure.json                 why a run stopped unfinished (a NaN loss: part, epoch, step); removed on success
     export/<format>/             ``kdlab export``: the exported student, export.json, MODEL_CARD.md, model_card.json
@@ -64,6 +66,46 @@ class RunDir:
     @property
     def result(self) -> Path:
         return self.path / "result.json"
+
+    @property
+    def checksums(self) -> Path:
+        return self.path / "checksums.json"
+
+    def damaged_files(self) -> list[Path]:
+        """The final weights files whose sha256 differs from the one recorded when the run finished, and
+        model.safetensors if it is gone (a missing best.safetensors is read as "no val selection" where it is used);
+        empty for a run finished before checksums were recorded."""
+        recorded = _read_json(self.checksums)
+        if not isinstance(recorded, dict):
+            return []
+        from kdlab.files import sha256_file
+
+        bad = []
+        for name, digest in sorted(recorded.items()):
+            path = self.path / name
+            try:
+                if sha256_file(path) != digest:
+                    bad.append(path)
+            except FileNotFoundError:
+                if path == self.model:
+                    bad.append(path)
+            except OSError:
+                bad.append(path)
+        return bad
+
+    def check_finished(self, only: Path | None = None) -> None:
+        """Raise a one-line CheckpointError if a finished run's weights (or only the file ``only``) are damaged, saying
+        what to do."""
+        bad = [p for p in self.damaged_files() if only is None or p.name == Path(only).name]
+        if bad:
+            from kdlab.errors import CheckpointError
+
+            fix = f"delete {self.path} to train the run again"
+            if bad[0] != self.best:  # the students' files are rewritten from the last checkpoint; best.* is not
+                fix = f"delete {self.result} and run the same command to rewrite it from the last checkpoint, or {fix}"
+            what = "is missing" if not bad[0].exists() else (f"is damaged (its sha256 differs from the one recorded "
+                                                              f"in {self.checksums.name} when the run finished)")
+            raise CheckpointError(f"{bad[0]} {what}, so the run is not served as finished: {fix}")
 
     @property
     def failure(self) -> Path:

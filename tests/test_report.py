@@ -65,13 +65,14 @@ def test_paired_gain():
     mean, se, n = paired_gain({0: 1.0, 1: 3.0, 2: 5.0}, {0: 0.5, 1: 1.0, 3: 9.0})  # seeds 0 and 1 are paired
     assert n == 2 and mean == pytest.approx(1.25)
     assert se == pytest.approx(np.std([0.5, 2.0], ddof=1) / math.sqrt(2)) and se == pytest.approx(0.75)
-    assert paired_gain({0: 2.0}, {0: 1.5}) == (0.5, 0.0, 1)
+    mean, se, n = paired_gain({0: 2.0}, {0: 1.5})  # one seed: no standard error (shown as "–"), not 0
+    assert (mean, n) == (0.5, 1) and math.isnan(se)
     mean, se, n = paired_gain({0: 1.0}, {1: 1.0})
     assert n == 0 and math.isnan(mean) and math.isnan(se)
 
 
 def test_mean_std_and_formatting():
-    assert mean_std([1.0]) == (1.0, 0.0)
+    assert mean_std([1.0])[0] == 1.0 and math.isnan(mean_std([1.0])[1])  # one seed: no spread
     assert mean_std([1.0, 2.0, 3.0]) == pytest.approx((2.0, 1.0))  # sample std (ddof=1)
     assert format_mean_std(92.3141, 0.1234) == "92.31 ± 0.12"
     assert format_mean_std(2.30412, 0.00157, digits=3) == "2.304 ± 0.002"

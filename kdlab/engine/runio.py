@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -20,7 +21,10 @@ from tqdm import tqdm
 from kdlab import files
 from kdlab.console import log
 from kdlab.engine.checkpoint import load_state, save_state
+from kdlab.errors import CheckpointError
 from kdlab.rundir import RunDir
+
+CHECKPOINT_FILES = ("weights.safetensors", "state.pt")
 
 
 class RunIO:
@@ -30,6 +34,7 @@ class RunIO:
         self.rank = rank
         self.progress_enabled = progress
         self._tensorboard = None
+        self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -83,25 +88,74 @@ class RunIO:
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
-        """Write epoch ``epoch``'s checkpoint, then point ``latest.json`` at it, then drop older ones."""
+        """Write epoch ``epoch``'s checkpoint, checksum its files as written, then point ``latest.json`` at it (with
+        the checkpoint before it, kept as a fallback), then drop older ones."""
         if not self.is_main:
             return
         name = RunDir.epoch_name(epoch)
         target = self.dir.checkpoints / name
         files.save_weights(target / "weights.safetensors", weights, meta)
         save_state(target / "state.pt", state)
-        files.write_json(self.dir.latest, {"epoch": epoch, "dir": name})
+        entry = {"epoch": epoch, "dir": name,
+                 "sha256": {f: files.sha256_file(target / f) for f in CHECKPOINT_FILES}}
+        previous = self._good if self._good is not None and self._good["epoch"] < epoch else None
+        files.write_json(self.dir.latest, {**entry, "previous": previous})
+        self._good = entry
+        keep = {name, previous["dir"] if previous else name}
         for old in self.dir.checkpoints.glob("epoch-*"):
-            if old.name != name:
+            if old.name not in keep:
                 shutil.rmtree(old, ignore_errors=True)
 
     def load_checkpoint(self) -> tuple[dict[str, torch.Tensor], dict] | None:
-        """The newest complete checkpoint (weights, state), or None for a fresh run."""
+        """The newest checkpoint whose files match their recorded checksums and load (weights, state), or None for a
+        fresh run. A damaged newest checkpoint falls back to the one before it with one warning line; when none is
+        good, a one-line CheckpointError names the damaged file and what to delete."""
         if not self.dir.latest.is_file():
             return None
-        target = self.dir.checkpoints / json.loads(self.dir.latest.read_text())["dir"]
+        fresh = f"delete {self.dir.checkpoints} to train {self.run_dir.name} from the start"
+        try:
+            pointer = json.loads(self.dir.latest.read_text())
+            entries = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
+            for entry in entries:
+                if not re.fullmatch(r"epoch-\d+", entry["dir"]) or int(entry["epoch"]) < 1:
+                    raise ValueError(f"not a checkpoint: {entry['dir']!r}, epoch {entry['epoch']!r}")
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise CheckpointError(f"{self.dir.latest} is damaged ({type(exc).__name__}: {str(exc)[:80]}); "
+                                  f"{fresh}") from None
+        problems = []
+        for entry in entries:
+            try:
+                found = self._load_verified(entry)
+            except CheckpointError as exc:
+                problems.append(str(exc))
+                continue
+            if problems:
+                self.log(f"warning: {problems[0]}; resuming from the checkpoint before it, {entry['dir']}")
+            self._good = entry
+            return found
+        raise CheckpointError(f"no usable checkpoint: {'; '.join(problems)}; {fresh}")
+
+    def _load_verified(self, entry: dict) -> tuple[dict[str, torch.Tensor], dict]:
+        """One checkpoint's weights and state, after checking its files against the pointer's sha256 (pointers
+        written before checksums were recorded have none: their files are only parsed)."""
+        target = self.dir.checkpoints / entry["dir"]
+        for name, digest in (entry.get("sha256") or {}).items():
+            try:
+                ok = files.sha256_file(target / name) == digest
+            except OSError as exc:
+                raise CheckpointError(f"{target / name} is unreadable ({exc.strerror})") from None
+            if not ok:
+                raise CheckpointError(f"{target / name} is damaged (its sha256 differs from the one in "
+                                      f"{self.dir.latest.name})")
         weights, _ = files.load_weights(target / "weights.safetensors")
         return weights, load_state(target / "state.pt")
+
+    def write_checksums(self) -> None:
+        """Record the sha256 of the run's final weights files (before result.json marks it finished), so a damaged
+        one is never served as finished (:meth:`kdlab.rundir.RunDir.check_finished`)."""
+        if self.is_main:
+            files.write_json(self.dir.checksums,
+                             {p.name: files.sha256_file(p) for p in sorted(self.run_dir.glob("*.safetensors"))})
 
     def save_student(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
         """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or ``<name>.safetensors``."""

@@ -14,6 +14,7 @@ import inspect
 
 from torch import nn
 
+from kdlab.config import coerce
 from kdlab.errors import ConfigError
 from kdlab.registry import Registry
 
@@ -50,6 +51,27 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {name!r} built a {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def canonical_kwargs(name: str, kwargs: dict) -> dict:
+    """A registered model's keyword arguments as its run's identity should see them: values converted to the factory's
+    annotated number types (``width=1e2`` from YAML 1.1 is a string) and those equal to the default dropped, so that
+    writing a default explicitly is the same config. Other models' arguments are returned as they are."""
+    if not kwargs or name.startswith(EXTERNAL_PREFIXES) or name not in MODELS:
+        return dict(kwargs)
+    try:
+        params = inspect.signature(MODELS.get(name), eval_str=True).parameters
+    except (TypeError, ValueError, NameError):
+        return dict(kwargs)
+    out = {}
+    for key, value in kwargs.items():
+        param = params.get(key)
+        if param is not None and param.annotation in (int, float, bool, str):
+            value = coerce(param.annotation, value, f"model.{key}")
+        if param is None or param.default is param.empty or param.default != value \
+                or type(param.default) is not type(value):
+            out[key] = value
+    return out
 
 
 def list_models(pattern: str = "*") -> list[str]:

@@ -77,8 +77,9 @@ def _load_raw(path: Path) -> object:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            # torch names the refused object "Unsupported global" (2.4+) or "Unsupported class" (older).
-            if not any(word in str(exc) for word in ("Unsupported global", "Unsupported class")):
+            # torch names the refused object "Unsupported global" (2.4+), "unsupported GLOBAL" (newer) or
+            # "Unsupported class" (older).
+            if not any(word in str(exc).lower() for word in ("unsupported global", "unsupported class")):
                 raise CheckpointError(f"cannot read {path}: not a file torch.save wrote (corrupt or foreign)") from None
             raise CheckpointError(
                 f"{path} holds Python objects besides tensors; refusing to unpickle it (weights_only=True), "

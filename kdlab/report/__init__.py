@@ -26,6 +26,9 @@ __all__ = ["build_report", "expected_calibration_error", "reliability_bins", "Re
            "flops_per_image", "count_parameters", "latency_ms", "ReportError"]
 
 
+PRECISION = "fp32"  # what the report evaluates in (kdlab.report.collect runs every model without autocast)
+
+
 def _silent(message: str) -> None:
     """The default ``log``: the report prints nothing unless asked to."""
 
@@ -45,7 +48,8 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     test_data = TestData(manifest.dataset, resolve_device(device), data, models)
     collected = collect(manifest, test_data, log)
     if not collected.runs:
-        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.skipped) or "the manifest lists no runs"
+        reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.errors + collected.skipped) \
+            or "the manifest lists no runs"
         raise ReportError(f"no finished run to report in {exp_dir} ({reasons})")
     log(f"{sum(r.cache_hit for r in collected.runs)} of {len(collected.runs)} runs' test metrics from their caches")
     efficiency = efficiency_by_label(collected.runs, test_data, log)
@@ -53,20 +57,27 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     rows = build_rows(collected.runs, efficiency, top5, collected.diverged)
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
-    header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds}
+    header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds, "precision": PRECISION}
     notes = [SELECTION_NOTE, *_notes(collected)]
     write_csv(out / "results.csv", rows)
     write_results_json(out / "results.json", header, rows, [run_record(r) for r in collected.runs],
-                       collected.skipped, notes)
+                       [*collected.skipped, *({**e, "error": True} for e in collected.errors)], notes)
     write_markdown(out / "results.md", header, rows, top5, notes)
     figures, best = _figures(collected.runs, rows, out)
     write_html(out / "index.html", header, rows, top5, figures, notes, best)
     log(f"report written to {out / 'index.html'}")
+    if collected.errors:  # finished runs missing from the tables: never silently
+        first = collected.errors[0]
+        raise ReportError(f"the report in {out} lacks {len(collected.errors)} finished run(s) it could not evaluate: "
+                          f"{first['run_dir']}: {first['reason']}")
     return out
 
 
 def _notes(collected: Collected) -> list[str]:
     notes = [f"skipped {s['key']} ({s['run_dir']}): {s['reason']}" for s in collected.skipped]
+    notes += [f"NOT EVALUATED {s['key']} ({s['run_dir']}), a finished run: {s['reason']}" for s in collected.errors]
+    notes.append(f"Every metric is recomputed in {PRECISION} (no autocast), whatever precision the runs trained in; "
+                 "`kdlab eval` uses each run's own precision, so its numbers may differ in the last digits.")
     notes += collected.notes
     for run in collected.runs:
         source = run.selected.get("source")

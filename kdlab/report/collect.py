@@ -161,23 +161,30 @@ def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> t
 @dataclass
 class Collected:
     runs: list[RunEval]
-    skipped: list[dict]  # {"key", "run_dir", "reason"}
+    skipped: list[dict]  # {"key", "run_dir", "reason"}: runs not finished (still running, interrupted, failed)
     notes: list[str]
     diverged: list[ManifestRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
+    errors: list[dict] = field(default_factory=list)  # like skipped: finished runs that could not be evaluated
 
 
 def _finished(spec: ManifestRun) -> tuple[dict | None, str | None]:
-    """(result.json, None) for a finished run, else (None, why it is skipped)."""
+    """(result.json, None) for a finished run, else (None, why it is skipped). A finished run (or a given teacher)
+    whose files are missing or damaged raises a KdlabError: that is an error of the report, not a skipped run."""
     if spec.checkpoint is not None:  # a given teacher: nothing was trained here
-        return ({}, None) if spec.checkpoint.is_file() else (None, f"given checkpoint not found: {spec.checkpoint}")
+        if not spec.checkpoint.is_file():
+            raise KdlabError(f"given checkpoint not found: {spec.checkpoint}")
+        return {}, None
     files = spec.files
     if not files.finished():
         failure = files.read_failure()
         return None, f"failed: {failure['error']}" if failure else "unfinished (no result.json)"
     if not files.model.is_file():
-        return None, "no model.safetensors"
+        raise KdlabError(f"no {files.model.name}")
+    files.check_finished()
     result = files.read_result()
-    return (result, None) if result is not None else (None, "unreadable result.json")
+    if result is None:
+        raise KdlabError(f"unreadable {files.result.name}")
+    return result, None
 
 
 def _configured_teacher(run_dir: Path) -> Path | None:
@@ -214,17 +221,19 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
     notes: list[str] = []
     teacher_logits: dict[str, Tensor] = {}
     finished_teachers: list[ManifestRun] = []
+    errors: list[dict] = []
     for spec in order:
-        result, reason = _finished(spec)
+        try:
+            result, reason = _finished(spec)
+            if result is not None:
+                run, tensors = evaluate_run(spec, result, data, log)
+        except KdlabError as exc:
+            errors.append({"key": spec.key, "run_dir": spec.path, "reason": str(exc)})
+            continue
         if result is None:
             skipped.append({"key": spec.key, "run_dir": spec.path, "reason": reason})
             if spec.files.read_failure():
                 diverged.append(spec)
-            continue
-        try:
-            run, tensors = evaluate_run(spec, result, data, log)
-        except KdlabError as exc:
-            skipped.append({"key": spec.key, "run_dir": spec.path, "reason": str(exc)})
             continue
         if spec.role in ("teacher", "assistant"):  # an assistant teaches the students of its TAKD chain
             teacher_logits[spec.key] = tensors["last"]
@@ -238,7 +247,7 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
                 run.agreement, run.kl = teacher_agreement(tensors["last"], teacher_logits[teacher.key])
         run.deploy = deploy_metrics(spec)
         runs.append(run)
-    return Collected(runs, skipped, notes, diverged)
+    return Collected(runs, skipped, notes, diverged, errors)
 
 
 DEPLOY_KEYS = {"onnx": ("test_top1", "latency_b1_ms", "latency_b64_ms", "size_mb", "int8_test_top1",

@@ -59,12 +59,14 @@ def write_html(path: Path, header: dict, rows: list[dict], top5: bool, figures: 
         f"<title>{escape(header['name'])} — kdlab report</title><style>{CSS}</style></head><body>",
         f"<h1>{escape(header['name'])}</h1>",
         f'<div class="meta">Dataset <b>{escape(str(dataset.get("name")))}</b> · seeds {escape(seeds)} · '
+        f'evaluated in {escape(str(header.get("precision", "fp32")))} · '
         f"{len(rows)} rows · data: <a href=\"results.csv\">results.csv</a> · <a href=\"results.json\">results.json</a>"
         f" · <a href=\"results.md\">results.md</a></div>",
         *([f"<h2>Gains over the baseline</h2>{answer}"] if (answer := summary_html(rows)) else []),
         "<h2>All rows</h2>", _table(rows, top5, best_label),
-        "<p>Mean ± sample std over seeds. Gains: mean of per-seed differences from the baseline of the same student "
-        "(paired by seed) ± standard error. Every number is recomputed from the saved checkpoints on the test split; "
+        "<p>Mean ± sample std over seeds (– with one seed). Gains: mean of per-seed differences from the baseline of "
+        "the same student (paired by seed) ± standard error. Every number is recomputed from the saved checkpoints "
+        f"on the test split in {escape(str(header.get('precision', 'fp32')))}; "
         "agreement and KL compare with the teacher run's last-epoch predictions.</p>",
     ]
     for section, items in figures.items():

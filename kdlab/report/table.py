@@ -1,7 +1,7 @@
 """The results table: one row per teacher, per baseline and per (teacher, student, method), aggregated over seeds.
 
-Spread is the sample standard deviation over seeds (ddof=1; 0 with one seed). A method's gain over the baseline of
-the same student is paired by seed: the mean of per-seed differences, with its standard error.
+Spread is the sample standard deviation over seeds (ddof=1; undefined with one seed: null, shown as "–"). A method's
+gain over the baseline of the same student is paired by seed: the mean of per-seed differences, with its standard error.
 """
 
 from __future__ import annotations
@@ -20,23 +20,24 @@ RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
 # -- statistics -------------------------------------------------------------------------------------------------------
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value; nan, nan for none)."""
+    """Mean and sample standard deviation (ddof=1; nan for one value, which has no spread to show; nan, nan for
+    none)."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
     if arr.size == 0:
         return math.nan, math.nan
-    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else math.nan
 
 
 def paired_gain(a_by_seed: dict[int, float], b_by_seed: dict[int, float]) -> tuple[float, float, int]:
     """Mean of ``a[s] - b[s]`` over the seeds present in both, its standard error std(ddof=1)/sqrt(n), and n.
 
-    With one common seed the standard error is 0 (as the std is); with none, (nan, nan, 0).
+    With one common seed the standard error is undefined (nan, as the std is); with none, (nan, nan, 0).
     """
     seeds = sorted(set(a_by_seed) & set(b_by_seed))
     diffs = np.asarray([a_by_seed[s] - b_by_seed[s] for s in seeds], dtype=np.float64)
     if diffs.size == 0:
         return math.nan, math.nan, 0
-    se = float(diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else 0.0
+    se = float(diffs.std(ddof=1) / math.sqrt(diffs.size)) if diffs.size > 1 else math.nan
     return float(diffs.mean()), se, int(diffs.size)
 
 
@@ -235,6 +236,10 @@ def display_value(row: dict, col: Display) -> str:
         value = row.get(col.key)
         return "–" if value is None else f"{value:.{col.digits}f}"
     if col.kind == "gain":
-        mean = row.get(f"{col.key}_mean")
-        return "–" if mean is None else f"{mean:+.{col.digits}f} ± {row[f'{col.key}_se']:.{col.digits}f}"
-    return format_mean_std(row.get(f"{col.key}_mean"), row.get(f"{col.key}_std"), col.digits)
+        mean, se = row.get(f"{col.key}_mean"), row.get(f"{col.key}_se")
+        spread = "–" if se is None else f"{se:.{col.digits}f}"
+        return "–" if mean is None else f"{mean:+.{col.digits}f} ± {spread}"
+    mean, std = row.get(f"{col.key}_mean"), row.get(f"{col.key}_std")
+    if mean is not None and std is None:  # one seed: no spread, and not a spread of 0
+        return format_mean_std(mean, None, col.digits) + " ± –"
+    return format_mean_std(mean, std, col.digits)

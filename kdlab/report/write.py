@@ -56,11 +56,13 @@ def write_markdown(path: Path, header: dict, rows: list[dict], top5: bool, notes
     dataset = header["dataset"]
     answer = summary_markdown(rows)
     text = [f"# {header['name']}", "",
-            f"Dataset: **{dataset.get('name')}** · seeds: {', '.join(map(str, header['seeds'])) or '–'}", "",
+            f"Dataset: **{dataset.get('name')}** · seeds: {', '.join(map(str, header['seeds'])) or '–'}"
+            f" · evaluated in {header.get('precision', 'fp32')}", "",
             *(["## Gains over the baseline", "", answer, "", SUMMARY_NOTE, "", "## All rows", ""] if answer else []),
             markdown_table(rows, top5), "",
-            "Mean ± sample std over seeds; gains are paired by seed over the baseline of the same student "
-            "(mean ± standard error). Metrics are recomputed from the saved checkpoints on the test split.", "",
+            "Mean ± sample std over seeds (– with one seed); gains are paired by seed over the baseline of the same "
+            "student (mean ± standard error). Metrics are recomputed from the saved checkpoints on the test split "
+            f"in {header.get('precision', 'fp32')}.", "",
             "## Notes", ""]
     text += [f"- {note}" for note in notes]
     write_text(path, "\n".join(text) + "\n")

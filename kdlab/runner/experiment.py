@@ -6,12 +6,9 @@ or Ctrl-C picks up where it stopped. A lock file keeps two invocations from work
 
 from __future__ import annotations
 
-import fcntl
-import os
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import yaml
 
@@ -27,26 +24,13 @@ from kdlab.report.manifest import Manifest
 from kdlab.runner.eta import Eta
 from kdlab.runner.live import Live
 from kdlab.runner.plan import ExperimentConfig, RunSpec, expand, validate
+from kdlab.runner.preflight import check_plan
 from kdlab.runner.teacher_cache import CacheStats, TeacherLogitCache, TeacherViewBank
 
 
-@contextmanager
-def experiment_lock(directory: Path) -> Iterator[None]:
+def experiment_lock(directory: Path):
     """An exclusive, non-blocking lock on the experiment directory (released by the OS if the process dies)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / ".lock", "w")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise KdlabError(f"another kdlab process is running the experiment in {directory}; wait for it to finish")
-    try:
-        handle.write(str(os.getpid()))
-        handle.flush()
-        yield
-    finally:
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        handle.close()
+    return files.directory_lock(directory, "running the experiment")
 
 
 class ExperimentRunner:
@@ -67,6 +51,7 @@ class ExperimentRunner:
         with experiment_lock(self.dir):
             splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
             plan = expand(self.exp, splits.fingerprint, self.live)
+            check_plan(plan, splits, self.live)  # files, finished runs and input sizes, before anything trains
             self._write_manifest(plan)
             started = time.perf_counter()
             failed: list[dict] = []

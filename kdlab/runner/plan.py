@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal, Optional
 
-from kdlab.config import MethodConfig, ModelConfig, TrainConfig, to_dict
+from kdlab.config import MethodConfig, ModelConfig, TrainConfig, check_plain_name, to_dict
 from kdlab.errors import ConfigError
 from kdlab.methods.factory import method_class
 from kdlab.plugins import import_modules
@@ -76,6 +76,11 @@ def validate(exp: ExperimentConfig, live: Live | None = None) -> None:
         _check_labels(getattr(exp, what), what)
     if not exp.seeds:
         raise ConfigError("experiment: 'seeds' is empty")
+    if len(set(exp.seeds)) != len(exp.seeds):
+        repeated = next(s for s in exp.seeds if exp.seeds.count(s) > 1)
+        raise ConfigError(f"config key 'seeds': seed {repeated} is listed twice; a repeated seed would count one "
+                          f"run twice in the mean and std")
+    check_plain_name(exp.name, "name")
     if not exp.teachers:
         needy = [m.display for m in exp.methods if _needs_teacher(m.name, live or Live())]
         if needy:

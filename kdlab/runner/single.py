@@ -11,16 +11,19 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import yaml
 
 import kdlab
-from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
+from kdlab.config import DataConfig, TrainConfig, check_plain_name, from_dict, to_dict
+from kdlab.console import log
 from kdlab.data import Splits, load_splits, make_loader
 from kdlab import files
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
@@ -32,7 +35,8 @@ from kdlab.errors import ConfigError
 from kdlab.data import DATASETS
 from kdlab.methods import build_method, parse_method_params
 from kdlab.models import create_model
-from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS
+from kdlab.models.probe import check_forward
+from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS, canonical_kwargs
 from kdlab.models.saved import load_model, model_meta, resolve_checkpoint
 from kdlab.models.weights import load_pretrained
 from kdlab.plugins import import_modules, module_names
@@ -45,6 +49,7 @@ def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
     and write the method's hyperparameters out in full: ``method.T=4`` where 4 is the default is the same config."""
     import_modules(cfg.imports)
     live = live or Live()
+    check_plain_name(cfg.name, "name")
     if cfg.model.name not in live.models and not cfg.model.name.startswith(EXTERNAL_PREFIXES):
         MODELS.get(cfg.model.name)
     if cfg.dataset.name not in live.data:
@@ -53,7 +58,8 @@ def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
     params = parse_method_params(method, cfg.method.params)
     if cfg.epochs < 1:
         raise ConfigError("config key 'epochs': must be at least 1")
-    return replace(cfg, method=replace(cfg.method, params=to_dict(params)))
+    model = replace(cfg.model, kwargs=canonical_kwargs(cfg.model.name, cfg.model.kwargs))
+    return replace(cfg, model=model, method=replace(cfg.method, params=to_dict(params)))
 
 
 def default_run_name(cfg: TrainConfig) -> str:
@@ -64,21 +70,43 @@ def run_dir_for(cfg: TrainConfig) -> Path:
     return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
 
 
-def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict) -> dict | None:
-    """The finished result if ``run_dir`` already holds this run; refuse a directory holding another run (another
-    config, or the same config over other plug-in code, teacher or initial weights)."""
+# Config keys that do not decide a run's result: where it is written (a moved or copied run directory is the same run),
+# the display, and the teacher's path (its weights' hash is compared, in identity.json)
+_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher")
+
+
+def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool = False) -> dict | None:
+    """The finished result if ``run_dir`` already holds this run (its weights verified against their checksums);
+    refuse a directory holding another run (another config, or the same config over other plug-in code, teacher or
+    initial weights), unless that run stopped before its first checkpoint: then nothing of it is kept (its files are
+    removed when ``locked``, i.e. by the process that holds the directory's lock)."""
     files_ = RunDir(run_dir)
     previous = files_.read_config()
     if previous is None:
         return None
-    changed = sorted(_diff_keys(previous, to_dict(cfg)))
+    now = to_dict(cfg)
+    changed = sorted(_diff_keys(*({k: v for k, v in c.items() if k not in _NOT_IDENTITY} for c in (previous, now))))
     if not changed:
         before = _read_identity(files_)
         changed = [f"identity.{k}" for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
+    if changed and not files_.finished() and not files_.latest.is_file():
+        if locked:
+            log.info(f"{run_dir} holds a run that stopped before its first checkpoint; starting it over")
+            _clear_unstarted(files_)
+        return None
     if changed:
         raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])}); "
                           f"set name=... or out_dir=... for a new run")
+    if files_.finished():
+        files_.check_finished()
     return files_.read_result()
+
+
+def _clear_unstarted(files_: RunDir) -> None:
+    """The files a run that never reached its first checkpoint may have left, which must not mix with the next one."""
+    for path in (files_.best, files_.failure, files_.metrics, files_.metrics_csv, files_.identity, files_.config):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(files_.checkpoints, ignore_errors=True)
 
 
 def _read_identity(files_: RunDir) -> dict:
@@ -164,13 +192,43 @@ def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[
 def train_run(cfg: TrainConfig, splits: Splits | None = None,
               teacher_cache: Callable[..., TeacherCache] | None = None, io_rank: int = 0,
               live: Live | None = None) -> tuple[dict, torch.nn.Module | None]:
-    """:func:`run`, also returning the trained method (None when a finished run was loaded)."""
+    """:func:`run`, also returning the trained method (None when a finished run was loaded).
+
+    The run directory is locked while it trains: a second process on the same directory is refused with one line."""
     live = live or Live()
     cfg = resolve_config(cfg, live)
     run_dir, identity = run_dir_for(cfg), run_identity(cfg, live)
     finished = check_run_dir(run_dir, cfg, identity)
     if finished is not None:
         return finished, None
+    with _run_lock(run_dir, io_rank):
+        return _train(cfg, run_dir, identity, splits, teacher_cache, io_rank, live)
+
+
+@contextmanager
+def _run_lock(run_dir: Path, io_rank: int) -> Iterator[None]:
+    """The run directory's lock (the main process only); a directory it had to create and that stayed empty (the run
+    stopped before writing anything) is removed again."""
+    if io_rank != 0:
+        yield
+        return
+    created = not run_dir.exists()
+    try:
+        with files.directory_lock(run_dir, "training this run"):
+            yield
+    finally:
+        if created and run_dir.is_dir() and [p.name for p in run_dir.iterdir()] == [".lock"]:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | None,
+           teacher_cache: Callable[[str], TeacherCache] | None, io_rank: int,
+           live: Live) -> tuple[dict, torch.nn.Module | None]:
+    finished = check_run_dir(run_dir, cfg, identity, locked=True)  # another process may have finished it meanwhile
+    if finished is not None:
+        return finished, None
+    if io_rank == 0 and run_dir.is_dir():
+        files.remove_stale_temp_files(run_dir)  # of writes a killed process left unfinished
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     if splits is None:
@@ -183,7 +241,7 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
-    _prepare(method, train_loader, splits, device)
+    _prepare(method, train_loader, splits, device, cfg, teacher)
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     provider = _teacher_outputs(teacher_cache, method, train_loader, io) if teacher is not None else None
     options = _write_run_files(cfg, io, splits, device, identity)
@@ -193,6 +251,7 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     result = Trainer(method, train_loader, eval_loaders, options, io, teacher_cache=provider).fit()
     if provider is not None:
         provider.flush()
+    io.write_checksums()
     io.write_json(io.dir.result, result)
     io.dir.failure.unlink(missing_ok=True)  # a retried run that now finished
     return result, method
@@ -226,11 +285,15 @@ def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.
                          eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta, threads=cfg.threads)
 
 
-def _prepare(method, train_loader, splits: Splits, device: torch.device) -> None:
-    """Let a method size its extra modules (adapters, heads, banks) from one real batch, before the optimizer exists."""
+def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: TrainConfig, teacher=None) -> None:
+    """Check that the student (and teacher) take the data's images, then let a method size its extra modules
+    (adapters, heads, banks) from one real batch, before the optimizer exists."""
     train_loader.set_epoch(0)
     batch = next(iter(train_loader))
     method.to(device)
+    check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}")
+    if teacher is not None:
+        check_forward(teacher, batch.images, f"teacher {cfg.teacher}")
     method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
 
 
@@ -238,14 +301,27 @@ def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: s
     """Evaluate a saved student (a run directory or a ``.safetensors`` file) on its dataset's val and test splits, as
     the run did: the same data settings (subset, validation split) and precision, unless ``overrides`` say otherwise."""
     device = resolve_device(device_name)
+    _check_saved(Path(path))
     model, meta = load_model(path, device)
     data_cfg = from_dict(DataConfig, {**meta.get("dataset", {}), **(overrides or {})}, prefix="dataset.")
     splits = load_splits(data_cfg)
     _check_fits(meta, splits.info, path)
+    probe = make_loader(splits.test if len(splits.test) else splits.val, splits.info, data_cfg, train=False,
+                        device=device)
+    if probe.num_samples:
+        check_forward(model, next(iter(probe)).images, str(path))
     bf16 = meta.get("precision") == "bf16" and use_bf16("auto", device)
     result: dict = {"epochs": meta.get("epoch"), "run_dir": str(Path(path).parent if Path(path).is_file() else path),
                     "model": meta.get("model"), "precision": "bf16" if bf16 else "fp32"}
     return {**result, **_evaluate_splits(model, splits, data_cfg, device, bf16)}
+
+
+def _check_saved(path: Path) -> None:
+    """A run directory, or a weights file of one, whose checksum (recorded when the run finished) no longer matches is
+    refused (see :meth:`RunDir.check_finished`)."""
+    run = RunDir(path if path.is_dir() else path.parent)
+    if path.is_dir() or run.checksums.is_file():
+        run.check_finished(None if path.is_dir() else path)
 
 
 def evaluate_module(model: torch.nn.Module, data_cfg: DataConfig, live: Live, device_name: str = "auto",
