@@ -25,6 +25,7 @@ from kdlab.data.augment import AugmentPlan, normalization
 from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.imagefolder import checked, path_loader
 from kdlab.data.info import DatasetInfo, ImageSet
+from kdlab.data.shard import rank_slice
 from kdlab.data.splits import check_data_config
 
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes under which an on-disk split is decoded into memory
@@ -57,6 +58,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
         self.epoch = 0
+        self.shard = (0, 1)  # (rank, world size): this process's part of every batch (kdlab.engine.distributed)
         self.workers = cfg.workers
         self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
         self._stream_key = self._make_stream_key(cfg)
@@ -120,7 +122,7 @@ class BatchLoader:
     def _batch_slices(self) -> Iterator[slice]:
         n, b = len(self.split), self.batch_size
         for i in range(len(self)):
-            yield slice(i * b, min((i + 1) * b, n))
+            yield rank_slice(i * b, min((i + 1) * b, n), self.shard)
 
     def _iter_memory(self, order: Optional[torch.Tensor], offsets: Optional[torch.Tensor],
                      flips: Optional[torch.Tensor]) -> Iterator[Batch]:
