@@ -50,9 +50,11 @@ def experiment_lock(directory: Path) -> Iterator[None]:
 class ExperimentRunner:
     """Runs an experiment's plan, train-or-load, then writes the manifest and summary (the report is separate)."""
 
-    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = console.log.info, live: Live | None = None) -> None:
+    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = console.log.info, live: Live | None = None,
+                 check: bool = True) -> None:
         self.live = live or Live()
-        validate(exp, self.live)
+        if check:  # a worker process gets an experiment the driver has validated
+            validate(exp, self.live)
         self.exp = exp
         self.dir = exp.directory
         self.log = log
@@ -62,6 +64,10 @@ class ExperimentRunner:
         self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
     def run(self) -> dict:
+        if self.exp.executor == "ray" or (self.exp.workers or 1) > 1:  # kdlab.runner.parallel
+            from kdlab.runner.parallel import ParallelRunner
+
+            return ParallelRunner(self).run()
         with experiment_lock(self.dir):
             splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
             plan = expand(self.exp, splits.fingerprint, self.live)
@@ -108,13 +114,22 @@ class ExperimentRunner:
         self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
         opened: list[TeacherLogitCache] = []
         start = time.perf_counter()
-        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
+        self._train(spec, splits, opened)
         elapsed = time.perf_counter() - start
         self.trained_seconds += _trained_now(spec, before)
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
         self.epoch_seconds[_speed_key(spec)] = elapsed / max(1, spec.cfg.epochs - before)
+
+    def _train(self, spec: RunSpec, splits, opened: list) -> None:
+        """Train one run here, or over ``ddp`` processes (kdlab.runner.ddp)."""
+        if self.exp.ddp > 1:
+            from kdlab.runner.ddp import run_ddp
+
+            run_ddp(self.exp, spec, self.live, opened)
+            return
+        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
 
     def _cache_factory(self, spec: RunSpec, opened: list) -> Callable[[str], TeacherLogitCache] | None:
         """A factory the single run calls with its data stream key when its method needs teacher logits only."""
