@@ -14,6 +14,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import shutil
+import signal
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ def _join(ranks: list) -> None:
 def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: RunSpec, live: Live, threads: int,
                messages) -> None:
     exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launching process's: it stops the ranks
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world), OMP_NUM_THREADS=str(threads))
     torch.set_num_threads(threads)

@@ -43,6 +43,8 @@ class LocalPool:
         self.threads = slots[0].threads
         self.workers: dict[int, tuple] = {}  # slot index -> (process, connection)
         self.busy: dict[int, int] = {}  # slot index -> group id
+        for slot in slots:  # all at once: a worker imports torch while another trains the teachers
+            self._start(slot)
 
     def describe(self) -> str:
         pinned = {s.devices for s in self.slots if s.devices}
@@ -54,15 +56,19 @@ class LocalPool:
 
     def submit(self, task: GroupTask) -> None:
         slot = next(s for s in self.slots if s.index not in self.busy)
-        process, conn = self.workers.get(slot.index, (None, None))
-        if process is None or not process.is_alive():
-            conn, child = self.ctx.Pipe()
-            process = self.ctx.Process(target=serve, args=(child, slot), name=f"kdlab-worker-{slot.index}")
-            process.start()
-            child.close()
-            self.workers[slot.index] = (process, conn)
+        process, conn = self.workers[slot.index]
+        if not process.is_alive():  # it died while idle
+            process, conn = self._start(slot)
         conn.send(task)
         self.busy[slot.index] = task.group
+
+    def _start(self, slot: Slot) -> tuple:
+        conn, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=serve, args=(child, slot), name=f"kdlab-worker-{slot.index}")
+        process.start()
+        child.close()
+        self.workers[slot.index] = (process, conn)
+        return process, conn
 
     def wait(self) -> list[tuple]:
         """Events of the busy workers (blocks until there is at least one)."""

@@ -16,6 +16,7 @@ import multiprocessing
 import multiprocessing.connection
 import os
 import secrets
+import signal
 import socket
 import threading
 from dataclasses import dataclass
@@ -144,6 +145,7 @@ def _splits(task: GroupTask, memo: dict):
 def serve(conn: multiprocessing.connection.Connection, slot: Slot) -> None:
     """A worker process: pinned to its slot's GPUs and thread share, runs the groups the driver sends until None."""
     exit_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's: it stops the workers itself
     if slot.devices is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(slot.devices)  # before CUDA starts in this process
     os.environ["OMP_NUM_THREADS"] = str(slot.threads)
