@@ -9,6 +9,8 @@
     methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot, {name: kd, label: takd, via: ta}]
     teacher_schedule: {epochs: 10, optim: {lr: 0.1}}
     student_schedule: {epochs: 5}
+    sweep: {kd.T: [1, 2, 4, 8]}                        # optional: one labelled kd entry per value (kdlab.runner.sweep)
+    workers: 4                                          # optional: runs at once (kdlab.runner.parallel); ddp: 2 ...
 
 How an experiment expands into runs is :mod:`kdlab.runner.plan`'s.
 """
