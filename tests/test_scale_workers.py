@@ -106,7 +106,10 @@ def test_a_sweep_in_two_workers_through_the_api_gives_its_table_and_figure(seque
     path = base / "sweep.yaml"
     path.write_text(SWEEP.format(out=base / "out", root=base / "data"))
     exp = kdlab.Experiment(str(path), workers=2)
-    assert exp.run()["failed"] == []
+    summary = exp.run()
+    assert summary["failed"] == [] and summary["workers"] == 2
+    cache = summary["teacher_cache"]  # per seed, one worker ran the three kd[T=...] runs: one teacher pass for all
+    assert cache["reused_batches"] == 2 * cache["computed_batches"] > 0 and cache["mismatches"] == 0
     exp.report()
     exp_dir = base / "out" / "sweep"
     runs = json.loads((exp_dir / "manifest.json").read_text())["runs"]

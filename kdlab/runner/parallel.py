@@ -41,6 +41,7 @@ class LocalPool:
         self.ctx = multiprocessing.get_context("spawn")
         self.slots = slots
         self.threads = slots[0].threads
+        self.size = len(slots)
         self.workers: dict[int, tuple] = {}  # slot index -> (process, connection)
         self.busy: dict[int, int] = {}  # slot index -> group id
         for slot in slots:  # all at once: a worker imports torch while another trains the teachers
@@ -129,7 +130,7 @@ class ParallelRunner:
     def __init__(self, base: ExperimentRunner) -> None:
         self.base, self.exp, self.live, self.log = base, base.exp, base.live, base.log
         self.failed: list[dict] = []
-        self.workers = 1
+        self.workers: int | None = 1
         self._caches: dict[tuple, set[str]] = {}  # (teacher key, seed) -> teacher-cache directories opened
 
     def run(self) -> dict:
@@ -161,7 +162,7 @@ class ParallelRunner:
 
     def _execute(self, plan: list[RunSpec], board: Board, storage: Storage) -> None:
         pool = self._pool()
-        self.workers = getattr(pool, "size", None) or len(getattr(pool, "slots", []))
+        self.workers = pool.size  # None: as many Ray tasks as the cluster's resources allow
         self.log(f"running {sum(len(g.numbers) for g in board.waiting)} runs in {pool.describe()}")
         try:
             self._loop(pool, plan, board, storage)
@@ -269,6 +270,6 @@ class ParallelRunner:
 
     def _progress(self, plan: list[RunSpec], board: Board) -> None:
         left = [plan[n - 1] for n in board.left()]
-        eta = self.base._eta(left) / max(1, self.workers)
+        eta = self.base._eta(left) / max(1, self.workers or 1)
         self.log(f"{len(plan) - len(left)}/{len(plan)} runs settled ({len(board.failed)} failed)"
                  + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))

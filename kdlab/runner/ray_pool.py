@@ -43,7 +43,7 @@ class RayPool:
         resources = ray.cluster_resources()
         gpus, cpus = float(resources.get("GPU", 0)), float(resources.get("CPU", 1))
         on_gpu = gpus > 0 and exp.device in ("auto", "cuda")
-        self.size = exp.workers or 0
+        self.size = exp.workers or None  # None: as many tasks in flight as Ray's resources allow
         self.limit = self.size or UNLIMITED
         num_gpus = exp.ddp / max(1, exp.workers_per_device) if on_gpu else 0
         num_cpus = exp.cpus_per_worker or (1 if on_gpu or not self.size else max(1, int(cpus // self.size)))
