@@ -6,7 +6,7 @@ import json
 import pytest
 
 import kdlab
-from fixtures_scale import make_learnable_fashion_mnist
+from fixtures_scale import TinyMLP, make_learnable_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import KdlabError
 
@@ -105,7 +105,7 @@ def test_a_sweep_in_two_workers_through_the_api_gives_its_table_and_figure(seque
     base, _ = sequential
     path = base / "sweep.yaml"
     path.write_text(SWEEP.format(out=base / "out", root=base / "data"))
-    exp = kdlab.Experiment(str(path), workers=2)
+    exp = kdlab.Experiment(str(path), students=[TinyMLP()], workers=2)  # an nn.Module: pickled to the workers
     summary = exp.run()
     assert summary["failed"] == [] and summary["workers"] == 2
     cache = summary["teacher_cache"]  # per seed, one worker ran the three kd[T=...] runs: one teacher pass for all
@@ -121,11 +121,11 @@ def test_a_sweep_in_two_workers_through_the_api_gives_its_table_and_figure(seque
     assert [r["kd.T"] for r in rows] == ["1", "2", "4"] and all(r["n_seeds"] == "2" for r in rows)
     assert all(float(r["test_top1_selected_mean"]) > 0 and r["test_top1_selected_std"] != "" for r in rows)
     assert (exp_dir / "report" / "sweep.png").stat().st_size > 10_000
-    assert "| teacher → cnn_tiny | kd | 4 | 2 |" in (exp_dir / "report" / "sweep.md").read_text()
+    assert "| teacher → TinyMLP | kd | 4 | 2 |" in (exp_dir / "report" / "sweep.md").read_text()
     html = (exp_dir / "report" / "index.html").read_text()
     assert "sweep.png" in html and "Global batch 32 over 1 process(es)" in html
     table = _table(exp_dir)
-    assert {"kd[T=1]: teacher → cnn_tiny", "kd[T=4]: teacher → cnn_tiny"} <= set(table)
+    assert {"kd[T=1]: teacher → TinyMLP", "kd[T=4]: teacher → TinyMLP"} <= set(table)
 
 
 def test_python_objects_that_do_not_pickle_are_refused_in_one_line(sequential):

@@ -135,19 +135,18 @@ class ParallelRunner:
 
     def run(self) -> dict:
         with experiment_lock(self.base.dir):
-            splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
-            plan = expand(self.exp, splits.fingerprint, self.live)
-            self.base._write_manifest(plan)
-            storage = write_marker(self.base.dir)
             started = time.perf_counter()
-            done = [n for n, s in enumerate(plan, 1) if _state(s) == "done"]
-            board = Board(plan, make_groups(plan, self.exp, self.live), done)
-            for number, spec in enumerate(plan, 1):
-                if number in board.done:
-                    self.log(f"[{number}/{len(plan)}] {_describe(spec)}: "
-                             f"{'given checkpoint' if spec.given_checkpoint else 'done'}")
+            pool = self._local_pool() if self.exp.executor == "local" else None  # workers import while we plan
+            try:
+                plan, board, storage = self._plan()
+            except BaseException:
+                if pool is not None:
+                    pool.close(force=True)
+                raise
             if board.waiting:
-                self._execute(plan, board, storage)
+                self._execute(plan, board, storage, pool)
+            elif pool is not None:
+                pool.close(force=True)  # nothing to run: they were only importing
             wall = time.perf_counter() - started
             trained = self.base.trained_seconds
             summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": trained,
@@ -160,8 +159,25 @@ class ParallelRunner:
                      f"{self.base.stats.reused_batches} saved by sharing teacher outputs")
             return summary
 
-    def _execute(self, plan: list[RunSpec], board: Board, storage: Storage) -> None:
-        pool = self._pool()
+    def _plan(self) -> tuple[list[RunSpec], Board, Storage]:
+        """The plan (manifest written), its board (finished runs known), the storage marker."""
+        splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
+        plan = expand(self.exp, splits.fingerprint, self.live)
+        self.base._write_manifest(plan)
+        storage = write_marker(self.base.dir)
+        done = [n for n, s in enumerate(plan, 1) if _state(s) == "done"]
+        board = Board(plan, make_groups(plan, self.exp, self.live), done)
+        for number, spec in enumerate(plan, 1):
+            if number in board.done:
+                self.log(f"[{number}/{len(plan)}] {_describe(spec)}: "
+                         f"{'given checkpoint' if spec.given_checkpoint else 'done'}")
+        return plan, board, storage
+
+    def _execute(self, plan: list[RunSpec], board: Board, storage: Storage, pool=None) -> None:
+        if pool is None:
+            from kdlab.runner.ray_pool import RayPool
+
+            pool = RayPool(self.exp, self.log)
         self.workers = pool.size  # None: as many Ray tasks as the cluster's resources allow
         self.log(f"running {sum(len(g.numbers) for g in board.waiting)} runs in {pool.describe()}")
         try:
@@ -171,11 +187,7 @@ class ParallelRunner:
             raise
         pool.close()
 
-    def _pool(self):
-        if self.exp.executor == "ray":
-            from kdlab.runner.ray_pool import RayPool
-
-            return RayPool(self.exp, self.log)
+    def _local_pool(self) -> LocalPool:
         try:
             pickle.dumps(self.live)
         except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the message is the same
