@@ -7,7 +7,7 @@ start-up included) and from the inside (the driver's ``wall_time_s`` of the trai
 runs alternate, ``--repeats`` times, so a change in machine load hits both alike. The report tables of the two are
 compared (val-selected and last-epoch test top-1 per row, which must agree within 0.1 point).
 
-    .venv/bin/python benchmarks/scale_workers.py                     # 2 workers, 2 methods x 2 seeds, 1 epoch
+    .venv/bin/python benchmarks/scale_workers.py                     # 2 workers, 2 methods x 2 seeds, small runs
     .venv/bin/python benchmarks/scale_workers.py --workers 4 --train-subset 6000 --repeats 3
 
 Data: ``--data DIR`` (the four Fashion-MNIST IDX files), else the installed Fashion-MNIST, else a generated one.
@@ -33,13 +33,13 @@ INSTALLED = Path("/usr/share/datasets/fashion-mnist")
 EXPERIMENT = """
 name: bench
 out_dir: {out}
-dataset: {{name: fashion_mnist, root: {root}, batch_size: 64, val_ratio: 0.1,
+dataset: {{name: fashion_mnist, root: {root}, batch_size: {batch}, val_ratio: 0.1,
            train_subset: {train}, test_subset: {test}}}
 seeds: {seeds}
 teachers: [{{name: cnn_small, label: teacher}}]
 students: [{{name: cnn_tiny}}]
 methods: [kd, {{name: kd, label: kd-T2, T: 2}}]
-teacher_schedule: {{epochs: {epochs}}}
+teacher_schedule: {{epochs: {teacher_epochs}}}
 student_schedule: {{epochs: {epochs}}}
 device: cpu
 progress: false
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-subset", type=int, default=3000)
     parser.add_argument("--test-subset", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=2, help="the students' (and baselines') epochs")
+    parser.add_argument("--teacher-epochs", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seeds", default="[0, 1]")
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", default=None, help="where the experiments go (default: a temporary folder)")
@@ -101,7 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
         config = out / "bench.yaml"
         config.write_text(EXPERIMENT.format(out=out / "experiments", root=_data(args.data, Path(scratch)),
                                            train=args.train_subset, test=args.test_subset, seeds=args.seeds,
-                                           epochs=args.epochs))
+                                           epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+                                           batch=args.batch_size))
         runs: dict[str, list[dict]] = {"sequential": [], f"workers={args.workers}": []}
         for repeat in range(args.repeats):
             for label, workers in (("sequential", 1), (f"workers={args.workers}", args.workers)):
@@ -124,13 +127,18 @@ def main(argv: list[str] | None = None) -> dict:
     seq, par = medians["sequential"]["process_s"], medians[f"workers={args.workers}"]["process_s"]
     print(f"best process wall: sequential {best['sequential']['process_s']:.1f} s, workers={args.workers} "
           f"{best[f'workers={args.workers}']['process_s']:.1f} s")
+    dseq, dpar = medians["sequential"]["driver_wall_s"], medians[f"workers={args.workers}"]["driver_wall_s"]
+    print(f"median driver wall (the runs): sequential {dseq:.1f} s, workers={args.workers} {dpar:.1f} s "
+          f"(speed-up {dseq / dpar:.2f}x)")
     print(f"median process wall: sequential {seq:.1f} s, workers={args.workers} {par:.1f} s "
           f"(speed-up {seq / par:.2f}x); "
           f"largest table difference {worst:.3f} points ({worst_same:.3f} against the sequential run with the "
           f"workers' thread count: oneDNN's float sums depend on the thread count, and a short schedule can "
           f"amplify that)")
-    summary = {"workers": args.workers, "train_subset": args.train_subset, "epochs": args.epochs, "seeds": args.seeds,
-               "cpu_count": os.cpu_count(), "medians": medians, "best": best, "speedup": seq / par, "max_table_diff": worst,
+    summary = {"workers": args.workers, "train_subset": args.train_subset, "epochs": args.epochs,
+               "teacher_epochs": args.teacher_epochs, "batch_size": args.batch_size, "seeds": args.seeds,
+               "cpu_count": os.cpu_count(), "medians": medians, "best": best, "speedup": seq / par, "driver_speedup": dseq / dpar,
+               "max_table_diff": worst,
                "max_table_diff_same_threads": worst_same, "threads_per_worker": share,
                "runs": {k: [{x: y for x, y in r.items() if x != "experiment_dir"} for r in v] for k, v in runs.items()}}
     print(json.dumps(summary))
