@@ -137,8 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"amplify that)")
     summary = {"workers": args.workers, "train_subset": args.train_subset, "epochs": args.epochs,
                "teacher_epochs": args.teacher_epochs, "batch_size": args.batch_size, "seeds": args.seeds,
-               "cpu_count": os.cpu_count(), "medians": medians, "best": best, "speedup": seq / par, "driver_speedup": dseq / dpar,
-               "max_table_diff": worst,
+               "cpu_count": os.cpu_count(), "medians": medians, "best": best, "speedup": seq / par,
+               "driver_speedup": dseq / dpar, "max_table_diff": worst,
                "max_table_diff_same_threads": worst_same, "threads_per_worker": share,
                "runs": {k: [{x: y for x, y in r.items() if x != "experiment_dir"} for r in v] for k, v in runs.items()}}
     print(json.dumps(summary))
