@@ -2,4 +2,9 @@ import sys
 
 from kdlab.cli import main
 
-sys.exit(main())
+code = main()
+if "torch.distributed" in sys.modules:  # a torchrun rank leaves its process group before exiting
+    from kdlab.engine.distributed import shutdown
+
+    shutdown()
+sys.exit(code)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -183,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kdlab: interrupted; the last finished epoch is checkpointed — run the same command to resume",
               file=sys.stderr)
         return 130
-    if isinstance(result, dict):
+    if isinstance(result, dict) and os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 prints
         print(json.dumps(json_safe(result), sort_keys=True, allow_nan=False))
     return 0
 

@@ -311,6 +311,7 @@ class OptimConfig:
     gamma: float = 0.1  # multistep decay factor
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     skip_nonfinite: int = 0  # batches with a NaN/inf loss skipped (with a warning) before the run stops
+    lr_scaling: Literal["none", "linear"] = "none"  # linear: lr is for a global batch of 256 (lr × batch / 256)
 
 
 @dataclass

@@ -18,7 +18,6 @@ experiment file says (see :mod:`kdlab.runner.plan`), validated the same way.
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from html import escape
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch import nn
 
 from kdlab.config import _deep_merge, load_yaml
 from kdlab.console import ensure_logging, log
-from kdlab.runner.live import Live
+from kdlab.runner.live import Live, ModuleFactory
 from kdlab.runner.plan import ExperimentConfig, default_experiment_path, load_experiment
 
 
@@ -83,7 +82,7 @@ class Experiment:
         if isinstance(entry, dict) and isinstance(entry.get("model"), nn.Module):
             entry = dict(entry)
             module = entry.pop("model")
-            entry["name"] = self.live.add("models", module, factory=lambda m=module: copy.deepcopy(m))
+            entry["name"] = self.live.add("models", module, factory=ModuleFactory(module, fresh_copy=True))
             entry.setdefault("label", type(module).__name__)
         return entry
 

@@ -161,6 +161,7 @@ class DatasetLoader:
         self.batch_size = (split.batch_size or cfg.batch_size) if train else cfg.eval_batch_size
         self.workers = split.workers if split.workers is not None else cfg.workers
         self.epoch = 0
+        self.shard = (0, 1)  # (rank, world size): this process's part of every batch (kdlab.engine.distributed)
         self.pad, self.out_size = cfg.pad, (cfg.image_size, cfg.image_size) if cfg.image_size else None
         c = split.image_shape[0] if len(split) else info.in_channels
         self.channels = cfg.channels if cfg.channels and cfg.channels != c else None
@@ -186,11 +187,12 @@ class DatasetLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         from kdlab.data.loader import epoch_generator
+        from kdlab.data.shard import rank_slice
 
         n, b = len(self.split), self.batch_size
         gen = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
-        batches = [order[i * b:min((i + 1) * b, n)].tolist() for i in range(len(self))]
+        batches = [order[rank_slice(i * b, min((i + 1) * b, n), self.shard)].tolist() for i in range(len(self))]
         loader = DataLoader(_Indexed(self.split), batch_sampler=batches, num_workers=self.workers,
                             collate_fn=_Collate(self.split.collate_fn), generator=gen,
                             pin_memory=self.device.type == "cuda")

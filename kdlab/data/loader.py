@@ -26,6 +26,7 @@ from kdlab.data.augment import AugmentPlan, normalization
 from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.imagefolder import checked, path_loader
 from kdlab.data.info import DatasetInfo, ImageSet
+from kdlab.data.shard import rank_slice
 from kdlab.data.splits import check_data_config
 
 IN_MEMORY_LIMIT = 1 << 30  # decoded bytes under which an on-disk split is decoded into memory
@@ -69,6 +70,7 @@ class BatchLoader:
         self.device = torch.device(device)
         self.batch_size = cfg.batch_size if train else cfg.eval_batch_size
         self.epoch = 0
+        self.shard = (0, 1)  # (rank, world size): this process's part of every batch (kdlab.engine.distributed)
         self.workers = cfg.workers
         self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
         self.fixed_views = cfg.fixed_views if train and (self.plan.crop_padding or self.plan.flip) else 0
@@ -166,7 +168,8 @@ class BatchLoader:
             yield batch
 
     def _batch_slices(self) -> Iterator[slice]:
-        return _slices(len(self.split), self.batch_size, len(self))
+        n, b = len(self.split), self.batch_size
+        return (rank_slice(sl.start, sl.stop, self.shard) for sl in _slices(n, b, len(self)))
 
     def _iter_memory(self, draws: Draws, slices: list[slice]) -> Iterator[Batch]:
         assert self._images is not None

@@ -20,8 +20,9 @@ from torch import Tensor, nn
 
 from kdlab.batch import Batch
 from kdlab.config import OptimConfig
+from kdlab.engine import distributed
 from kdlab.engine.device import autocast
-from kdlab.engine.evaluate import evaluate
+from kdlab.engine.evaluate import evaluate, predict
 from kdlab.engine.host import ThreadPolicy, tune_cpu_allocator
 from kdlab.engine.optim import build_optimizer, build_scheduler
 from kdlab.engine.runio import RunIO
@@ -42,6 +43,8 @@ class EngineOptions:
     eval_test_every_epoch: bool = True
     model_meta: dict = field(default_factory=dict)  # JSON metadata stored in every saved weights file
     threads: Optional[int] = None  # CPU threads; None: chosen each epoch from the free cores (engine/host.py)
+    dist: Optional[distributed.Dist] = None  # this process's rank in a DDP run (see engine/distributed.py)
+    scale: dict = field(default_factory=dict)  # ranks, global batch, lr rule: recorded in the result
 
 
 class Trainer:
@@ -59,7 +62,9 @@ class Trainer:
         method.to(device=options.device, memory_format=memory_format)
         self.optimizer = build_optimizer(method.trainable_parameters(), options.optim)
         self.scheduler = build_scheduler(self.optimizer, options.optim, len(train_loader), options.epochs)
-        self.step_fn = torch.compile(method) if options.compile else method
+        dist = options.dist
+        wrapped = distributed.wrap(method, dist, options.device) if dist and dist.enabled else method
+        self.step_fn = torch.compile(wrapped) if options.compile else wrapped
         self.history: list[dict] = []
         self.best = {"val_top1": float("-inf"), "epoch": 0}
         self.skipped = 0  # batches skipped for a non-finite loss (optim.skip_nonfinite)
@@ -115,6 +120,7 @@ class Trainer:
             seen += len(batch)
             if index % 20 == 0:
                 bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
+        sums, correct, seen = distributed.reduce_epoch(sums, correct, seen, self.opt.dist)
         elapsed = time.perf_counter() - start
         row = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
         row.update(train_top1=100.0 * correct.item() / max(seen, 1), train_img_s=seen / max(elapsed, 1e-9),
@@ -123,11 +129,12 @@ class Trainer:
 
     def _evaluate(self, final: bool) -> dict:
         row: dict = {}
+        distributed.sync_buffers(list(self.method.students().values()), self.opt.dist)
         for split, loader in self.eval_loaders.items():
             if split == "test" and not (self.opt.eval_test_every_epoch or final):
                 continue
             for name, model in self.method.students().items():
-                metrics = evaluate(model, loader, self.opt.device, self.opt.bf16, self.opt.channels_last)
+                metrics = self._eval(model, loader)
                 prefix = "" if name == "student" else f"{name}/"
                 row.update({f"{prefix}{split}_{k}": v for k, v in metrics.items() if k != "n"})
         return row
@@ -208,6 +215,8 @@ class Trainer:
             train_time_s=sum(r.get("train_time_s", 0.0) for r in self.history),
             skipped_batches=self.skipped,
             collapsed=collapse_reason(last, int(self.opt.model_meta.get("num_classes") or 0)),
+            optimizer_steps=self.scheduler.last_epoch - self.skipped,
+            **self.opt.scale,
         )
         if result["collapsed"]:
             self.io.log(f"warning: {self.io.run_dir.name} collapsed: {result['collapsed']}")
@@ -219,10 +228,19 @@ class Trainer:
 
         student = self.method.students()["student"]
         current = {k: v.clone() for k, v in student.state_dict().items()}
+        distributed.barrier(self.opt.dist)  # rank 0 wrote best.safetensors
         student.load_state_dict(load_weights(self.io.dir.best)[0])
-        metrics = evaluate(student, self.eval_loaders["test"], self.opt.device, self.opt.bf16, self.opt.channels_last)
+        metrics = self._eval(student, self.eval_loaders["test"])
         student.load_state_dict(current)
         return {f"test_{k}": v for k, v in metrics.items()}
+
+    def _eval(self, model: nn.Module, loader) -> dict:
+        """Metrics of ``model`` over the loader's split (under DDP: every rank's part, all-reduced)."""
+        dist, opt = self.opt.dist, self.opt
+        if dist is None or not dist.enabled:
+            return evaluate(model, loader, opt.device, opt.bf16, opt.channels_last)
+        logits, labels, img_s = predict(model, loader, opt.device, opt.bf16, opt.channels_last)
+        return {**distributed.reduce_metrics(logits, labels, dist), "img_s": img_s}
 
     @staticmethod
     def _summary(row: dict) -> str:
@@ -250,7 +268,7 @@ def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch
         out = step_fn(batch)
     parts = {k: v.float() for k, v in out.items() if k.startswith("loss_")}
     loss = torch.stack(list(parts.values())).sum()
-    if not torch.isfinite(loss):  # one host sync per step: cheap next to the step, and nothing diverges silently
+    if not distributed.all_finite(loss, opt.dist):  # one host sync per step (all ranks agree)
         part = next((k for k, v in parts.items() if not torch.isfinite(v)), "loss")
         raise NonFiniteLoss(part, float(parts.get(part, loss).detach()))
     optimizer.zero_grad(set_to_none=True)

@@ -19,6 +19,8 @@ from kdlab.report.calibration import ReliabilityBins, expected_calibration_error
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
 from kdlab.report.manifest import Manifest, ReportError
 from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
+from kdlab.report.scaling import scale_notes
+from kdlab.report.sweep import write_sweep
 from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
                                 run_record)
 
@@ -58,12 +60,13 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     out = exp_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds, "precision": PRECISION}
-    notes = [SELECTION_NOTE, *_notes(collected)]
+    notes = [SELECTION_NOTE, *_notes(collected), *scale_notes(collected.runs)]
     write_csv(out / "results.csv", rows)
     write_results_json(out / "results.json", header, rows, [run_record(r) for r in collected.runs],
                        [*collected.skipped, *({**e, "error": True} for e in collected.errors)], notes)
     write_markdown(out / "results.md", header, rows, top5, notes)
     figures, best = _figures(collected.runs, rows, out)
+    figures.update(write_sweep(collected.runs, out))  # sweep.md/.csv/.png when the experiment swept
     write_html(out / "index.html", header, rows, top5, figures, notes, best)
     log(f"report written to {out / 'index.html'}")
     if collected.errors:  # finished runs missing from the tables: never silently

@@ -36,9 +36,12 @@ def experiment_lock(directory: Path):
 class ExperimentRunner:
     """Runs an experiment's plan, train-or-load, then writes the manifest and summary (the report is separate)."""
 
-    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = console.log.info, live: Live | None = None) -> None:
+    show_eta = True  # a worker of a parallel run leaves the ETA to the driver
+    def __init__(self, exp: ExperimentConfig, log: Callable[[str], None] = console.log.info, live: Live | None = None,
+                 check: bool = True) -> None:
         self.live = live or Live()
-        validate(exp, self.live)
+        if check:  # a worker process gets an experiment the driver has validated
+            validate(exp, self.live)
         self.exp = exp
         self.dir = exp.directory
         self.log = log
@@ -48,6 +51,10 @@ class ExperimentRunner:
         self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
     def run(self) -> dict:
+        if self.exp.executor == "ray" or (self.exp.workers or 1) > 1:  # kdlab.runner.parallel
+            from kdlab.runner.parallel import ParallelRunner
+
+            return ParallelRunner(self).run()
         with experiment_lock(self.dir):
             splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
             plan = expand(self.exp, splits.fingerprint, self.live)
@@ -93,18 +100,27 @@ class ExperimentRunner:
         if state == "done":
             self.log(f"{head}: done")
             return
-        eta = self.eta.left([s for s in plan[number - 1:] if _state(s) != "done" and not s.given_checkpoint],
-                            _epochs_done)
+        left = [s for s in plan[number - 1:] if _state(s) != "done" and not s.given_checkpoint]
+        eta = self.eta.left(left, _epochs_done) if self.show_eta else 0.0
         self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
         opened: list[TeacherLogitCache] = []
         start = time.perf_counter()
-        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
+        self._train(spec, splits, opened)
         elapsed = time.perf_counter() - start
         self.trained_seconds += _trained_now(spec, before)
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
         self.eta.record(spec, elapsed / max(1, spec.cfg.epochs - before))
+
+    def _train(self, spec: RunSpec, splits, opened: list) -> None:
+        """Train one run here, or over ``ddp`` processes (kdlab.runner.ddp)."""
+        if self.exp.ddp > 1:
+            from kdlab.runner.ddp import run_ddp
+
+            run_ddp(self.exp, spec, self.live, opened)
+            return
+        single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
 
     def _cache_factory(self, spec: RunSpec, opened: list) -> Callable | None:
         """A factory the single run calls with its training loader when its method needs teacher logits only: the
@@ -113,7 +129,7 @@ class ExperimentRunner:
             return None
         exp, teacher_run = self.exp, spec.teacher_run
 
-        def factory(loader) -> TeacherLogitCache | TeacherViewBank:
+        def factory(loader, suffix: str = "") -> TeacherLogitCache | TeacherViewBank:
             device = resolve_device(exp.device)
             teacher, _ = load_model(teacher_run.checkpoint, device, factories=self.live.models)
             teacher = fold_batchnorm(teacher)
@@ -123,7 +139,7 @@ class ExperimentRunner:
                 cache = TeacherViewBank(path, teacher, loader, device, bf16, exp.channels_last,
                                         exp.dataset.eval_batch_size)
             else:
-                directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{loader.stream_key}"
+                directory = self.dir / "teacher_cache" / f"{teacher_run.key}-{loader.stream_key}{suffix}"
                 cache = TeacherLogitCache(directory, teacher, device, bf16, exp.channels_last)
             opened.append(cache)
             return cache

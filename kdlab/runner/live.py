@@ -9,6 +9,7 @@ module, or its own source in a notebook) and, for a model, the hash of its initi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import inspect
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ class Live:
             name = f"{name}@{object_hash(obj, state_hash(obj) if isinstance(obj, nn.Module) else '')[:8]}"
         self._objects[name] = obj
         if kind == "models":
-            self.models[name] = factory or (lambda: obj)
+            self.models[name] = factory or ModuleFactory(obj)
             self.hashes[name] = object_hash(obj, state_hash(obj))
         elif kind == "teachers":
             self.teachers[name] = obj
@@ -52,6 +53,17 @@ class Live:
             getattr(self, kind)[name] = obj
             self.hashes[name] = object_hash(obj)
         return name
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleFactory:
+    """A model factory that pickles (for worker processes): the given module itself, or a fresh copy per call."""
+
+    module: nn.Module
+    fresh_copy: bool = False
+
+    def __call__(self) -> nn.Module:
+        return copy.deepcopy(self.module) if self.fresh_copy else self.module
 
 
 def state_hash(model: nn.Module) -> str:

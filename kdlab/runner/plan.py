@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -25,6 +25,7 @@ from kdlab.rundir import RunDir, weights_file
 from kdlab.runner.experiment_config import (ExperimentConfig, MethodEntry, ModelEntry, Schedule,  # noqa: F401
                                            default_experiment_path, load_experiment, load_experiment_file)
 from kdlab.runner.live import Live, plugin_identity
+from kdlab.runner.sweep import method_entries
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunSpec:
     teacher: Optional[str] = None  # label of the teacher distilled from
     teacher_run: Optional["RunSpec"] = None
     given_checkpoint: Optional[str] = None  # a teacher supplied as a finished checkpoint
+    labels: dict = field(default_factory=dict)  # swept hyperparameters of a sweep point (kdlab.runner.sweep)
 
     @property
     def run_dir(self) -> Path:
@@ -57,7 +59,7 @@ class RunSpec:
         given = Path(self.given_checkpoint) if self.given_checkpoint else None
         return ManifestRun(key=self.key, role=self.role, teacher=self.teacher, student=self.student,
                            method=self.method, seed=self.seed, run_dir=self.run_dir, model=self.cfg.model.name,
-                           path=str(given or self.run_dir), checkpoint=given)
+                           path=str(given or self.run_dir), checkpoint=given, labels=dict(self.labels))
 
 
 def _check_labels(entries: list, what: str) -> None:
@@ -176,18 +178,18 @@ def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = Non
     teachers = [_teacher_spec(exp, t, data_fingerprint, live) for t in exp.teachers]
     assistants = _assistant_specs(exp, teachers, data_fingerprint, live)
     plan = teachers + assistants
-    methods = [m for m in exp.methods if m.name != "ce"]
+    methods = [(m, labels) for m, labels in method_entries(exp) if m.name != "ce"]
     for seed in exp.seeds:
         for student in exp.students:
             base = _train_config(exp, student, exp.student_schedule, None, seed, exp.teacher_views)
             plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint, live))
-            for method in methods:
+            for method, labels in methods:
                 sources: list = teachers if _needs_teacher(method.name, live) else [None]
                 if method.via is not None:
                     sources = [a for a in assistants if a.student == method.via]
                 for teacher in sources:
                     cfg = _train_config(exp, student, exp.student_schedule, method, seed, exp.teacher_views)
                     spec = RunSpec("student", student.display, method.display, seed, cfg,
-                                   teacher=teacher.student if teacher else None, teacher_run=teacher)
+                                   teacher=teacher.student if teacher else None, teacher_run=teacher, labels=labels)
                     plan.append(_keyed(spec, data_fingerprint, live))
     return plan

@@ -26,6 +26,7 @@ from kdlab.config import DataConfig, TrainConfig, check_plain_name, from_dict, t
 from kdlab.console import log
 from kdlab.data import Splits, load_splits, make_loader
 from kdlab import files
+from kdlab.engine import distributed
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
 from kdlab.engine.inference import fold_batchnorm
@@ -201,8 +202,10 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     finished = check_run_dir(run_dir, cfg, identity)
     if finished is not None:
         return finished, None
+    dist = distributed.from_env()  # torchrun / kdlab run ddp=N: this process is one rank of the run
+    io_rank = dist.rank if dist.enabled else io_rank
     with _run_lock(run_dir, io_rank):
-        return _train(cfg, run_dir, identity, splits, teacher_cache, io_rank, live)
+        return _train(cfg, run_dir, identity, splits, teacher_cache, io_rank, live, dist)
 
 
 @contextmanager
@@ -222,14 +225,14 @@ def _run_lock(run_dir: Path, io_rank: int) -> Iterator[None]:
 
 
 def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | None,
-           teacher_cache: Callable[[str], TeacherCache] | None, io_rank: int,
-           live: Live) -> tuple[dict, torch.nn.Module | None]:
+           teacher_cache: Callable[..., TeacherCache] | None, io_rank: int, live: Live,
+           dist: distributed.Dist) -> tuple[dict, torch.nn.Module | None]:
     finished = check_run_dir(run_dir, cfg, identity, locked=True)  # another process may have finished it meanwhile
     if finished is not None:
         return finished, None
     if io_rank == 0 and run_dir.is_dir():
         files.remove_stale_temp_files(run_dir)  # of writes a killed process left unfinished
-    device = resolve_device(cfg.device)
+    device = distributed.setup(dist, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     if splits is None:
         splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
@@ -242,9 +245,11 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | Non
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
     _prepare(method, train_loader, splits, device, cfg, teacher)
+    distributed.shard(dist, train_loader, *eval_loaders.values())
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     provider = _teacher_outputs(teacher_cache, method, train_loader, io) if teacher is not None else None
-    options = _write_run_files(cfg, io, splits, device, identity)
+    scale = distributed.batch_record(dist, train_loader.batch_size, cfg.optim)
+    options = _write_run_files(cfg, io, splits, device, identity, dist, scale)
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
            f"{' bf16' if options.bf16 else ''}")
@@ -268,21 +273,24 @@ def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
     return teacher_cache(train_loader)
 
 
-def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device,
-                     identity: dict) -> EngineOptions:
+def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device, identity: dict,
+                     dist: distributed.Dist, scale: dict) -> EngineOptions:
     """config.yaml, identity.json and meta.json; returns the engine options (with the weights' metadata)."""
     bf16 = use_bf16(cfg.precision, device)
     allocator = tune_cpu_allocator() if device.type == "cpu" else None
     imports = saved_imports(cfg)
     io.write_json(io.dir.meta, {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
-                                "bf16": bf16, "cpu_allocator": allocator, "imports": identity["plugins"]})
+                                "bf16": bf16, "cpu_allocator": allocator, "imports": identity["plugins"], **scale})
     io.write_json(io.dir.identity, identity)
-    files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    if io.is_main:
+        files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
     meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), imports=imports,
                       precision="bf16" if bf16 else "fp32")
-    return EngineOptions(epochs=cfg.epochs, optim=cfg.optim, device=device, bf16=bf16,
+    optim = replace(cfg.optim, lr=scale["lr_effective"])  # optim.lr_scaling applied
+    return EngineOptions(epochs=cfg.epochs, optim=optim, device=device, bf16=bf16,
                          channels_last=cfg.channels_last, compile=cfg.compile,
-                         eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta, threads=cfg.threads)
+                         eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta, threads=cfg.threads,
+                         dist=dist, scale=scale)
 
 
 def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: TrainConfig, teacher=None) -> None:

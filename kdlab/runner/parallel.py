@@ -1,0 +1,287 @@
+"""``kdlab run ... workers=N`` / ``executor=ray``: the plan's runs at once, in worker processes or as Ray tasks.
+
+The driver (this module) holds the experiment lock, expands the plan, writes the manifest, splits the plan into
+scheduling groups (:mod:`kdlab.runner.schedule`) and hands every group whose teachers have finished to a free
+worker: a local process pinned to its GPU(s) and thread share (:class:`LocalPool`), or a Ray task with its CPU/GPU
+resources (:mod:`kdlab.runner.ray_pool`). Workers run each run through the sequential runner's own path
+(:mod:`kdlab.runner.worker`), so train-or-load by key, exact resume and failure records are the same.
+
+A run that fails is recorded and the others go on; a worker that dies (killed, out of memory) fails the run it
+was in, its group's other runs go to another worker; a killed driver takes its local workers with it, and
+``kdlab run`` again resumes every interrupted run and retries the failed ones.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.connection
+import pickle
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from kdlab import files
+from kdlab.data import load_splits
+from kdlab.errors import KdlabError
+from kdlab.runner.experiment import ExperimentRunner, _describe, _epochs_done, _state, experiment_lock
+from kdlab.runner.plan import RunSpec, expand
+from kdlab.runner.schedule import Board, Group, Slot, cpu_cores, make_groups, make_slots, visible_gpus
+from kdlab.runner.teacher_cache import CacheStats
+from kdlab.runner.worker import GroupTask, RunOutcome, Storage, serve, write_marker
+
+
+class LocalPool:
+    """One spawned worker process per slot, each fed one group at a time over its own pipe (a killed worker is
+    noticed by its process sentinel and replaced on the next submit)."""
+
+    name = "local"
+
+    def __init__(self, slots: list[Slot]) -> None:
+        self.ctx = multiprocessing.get_context("spawn")
+        self.slots = slots
+        self.threads = slots[0].threads
+        self.size = len(slots)
+        self.workers: dict[int, tuple] = {}  # slot index -> (process, connection)
+        self.busy: dict[int, int] = {}  # slot index -> group id
+        for slot in slots:  # all at once: a worker imports torch while another trains the teachers
+            self._start(slot)
+
+    def describe(self) -> str:
+        pinned = {s.devices for s in self.slots if s.devices}
+        where = f"GPU(s) {', '.join(','.join(d) for d in sorted(pinned))}" if pinned else "the CPU"
+        return f"{len(self.slots)} local worker processes on {where}, {self.threads} torch thread(s) each"
+
+    def has_free(self) -> bool:
+        return len(self.busy) < len(self.slots)
+
+    def submit(self, task: GroupTask) -> None:
+        slot = next(s for s in self.slots if s.index not in self.busy)
+        process, conn = self.workers[slot.index]
+        if not process.is_alive():  # it died while idle
+            process, conn = self._start(slot)
+        conn.send(task)
+        self.busy[slot.index] = task.group
+
+    def _start(self, slot: Slot) -> tuple:
+        conn, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=serve, args=(child, slot), name=f"kdlab-worker-{slot.index}")
+        process.start()
+        child.close()
+        self.workers[slot.index] = (process, conn)
+        return process, conn
+
+    def wait(self) -> list[tuple]:
+        """Events of the busy workers (blocks until there is at least one)."""
+        watched = {}
+        for index in self.busy:
+            process, conn = self.workers[index]
+            watched[conn], watched[process.sentinel] = index, index
+        ready = multiprocessing.connection.wait(list(watched))
+        events: list[tuple] = []
+        for index in dict.fromkeys(watched[r] for r in ready):
+            process, conn = self.workers[index]
+            events += self._drain(index, conn)
+            if index in self.busy and not process.is_alive():
+                process.join()
+                events.append(("died", self.busy.pop(index), f"its worker process {process.pid} died "
+                                                             f"({_exit_reason(process.exitcode)})"))
+        return events
+
+    def _drain(self, index: int, conn) -> list[tuple]:
+        events = []
+        try:
+            while conn.poll():
+                event = conn.recv()
+                events.append(event)
+                if event[0] in ("group", "storage"):
+                    self.busy.pop(index, None)
+        except (EOFError, OSError):
+            pass
+        return events
+
+    def close(self, force: bool = False) -> None:
+        for process, conn in self.workers.values():
+            if force:
+                process.kill()
+            else:
+                try:
+                    conn.send(None)
+                except OSError:
+                    pass
+        for process, conn in self.workers.values():
+            process.join(timeout=None if not force else 10)
+            conn.close()
+        self.workers.clear()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            pass
+    return f"exit code {code}"
+
+
+class ParallelRunner:
+    """The driver of a parallel experiment; ``run()`` returns the sequential runner's summary (plus the executor)."""
+
+    def __init__(self, base: ExperimentRunner) -> None:
+        self.base, self.exp, self.live, self.log = base, base.exp, base.live, base.log
+        self.failed: list[dict] = []
+        self.workers: int | None = 1
+        self._caches: dict[tuple, set[str]] = {}  # (teacher key, seed) -> teacher-cache directories opened
+
+    def run(self) -> dict:
+        with experiment_lock(self.base.dir):
+            started = time.perf_counter()
+            pool = self._local_pool() if self.exp.executor == "local" else None  # workers import while we plan
+            try:
+                plan, board, storage = self._plan()
+            except BaseException:
+                if pool is not None:
+                    pool.close(force=True)
+                raise
+            if board.waiting:
+                self._execute(plan, board, storage, pool)
+            elif pool is not None:
+                pool.close(force=True)  # nothing to run: they were only importing
+            wall = time.perf_counter() - started
+            trained = self.base.trained_seconds
+            summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": trained,
+                       "overhead_fraction": wall / trained - 1 if trained else None,
+                       "teacher_cache": self.base.stats.as_dict(), "failed": self.failed,
+                       "executor": self.exp.executor, "workers": self.workers}
+            if trained:
+                files.write_json(self.base.dir / "summary.json", summary)
+            self.log(f"teacher forward passes: {self.base.stats.computed_batches} batches run, "
+                     f"{self.base.stats.reused_batches} saved by sharing teacher outputs")
+            return summary
+
+    def _plan(self) -> tuple[list[RunSpec], Board, Storage]:
+        """The plan (manifest written), its board (finished runs known), the storage marker."""
+        splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
+        plan = expand(self.exp, splits.fingerprint, self.live)
+        self.base._write_manifest(plan)
+        storage = write_marker(self.base.dir)
+        done = [n for n, s in enumerate(plan, 1) if _state(s) == "done"]
+        board = Board(plan, make_groups(plan, self.exp, self.live), done)
+        for number, spec in enumerate(plan, 1):
+            if number in board.done:
+                self.log(f"[{number}/{len(plan)}] {_describe(spec)}: "
+                         f"{'given checkpoint' if spec.given_checkpoint else 'done'}")
+        return plan, board, storage
+
+    def _execute(self, plan: list[RunSpec], board: Board, storage: Storage, pool=None) -> None:
+        if pool is None:
+            from kdlab.runner.ray_pool import RayPool
+
+            pool = RayPool(self.exp, self.log)
+        self.workers = pool.size  # None: as many Ray tasks as the cluster's resources allow
+        self.log(f"running {sum(len(g.numbers) for g in board.waiting)} runs in {pool.describe()}")
+        try:
+            self._loop(pool, plan, board, storage)
+        except BaseException:
+            pool.close(force=True)
+            raise
+        pool.close()
+
+    def _local_pool(self) -> LocalPool:
+        try:
+            pickle.dumps(self.live)
+        except Exception as exc:  # noqa: BLE001 - whatever pickling raises, the message is the same
+            raise KdlabError(f"workers={self.exp.workers} runs in separate processes, which need the experiment's "
+                             f"Python objects to pickle ({type(exc).__name__}: {exc}); define them in an importable "
+                             f"module, use executor=ray (cloudpickle), or workers=1") from None
+        return LocalPool(make_slots(self.exp, visible_gpus(), cpu_cores(), self.log))
+
+    def _loop(self, pool, plan: list[RunSpec], board: Board, storage: Storage) -> None:
+        running: dict[int, Group] = {}
+        current: dict[int, int] = {}  # group id -> the plan number its worker is on
+        while True:
+            for group, source in board.take_blocked():
+                for number in group.numbers:
+                    self._record(board, plan, number, f"its teacher run {plan[source - 1].run_dir} failed")
+            while pool.has_free():
+                group = board.take_ready()
+                if group is None:
+                    break
+                pool.submit(GroupTask(group.id, group.numbers, plan, self.exp, self.live, storage, pool.threads))
+                running[group.id] = group
+            if not running:
+                for group in board.waiting:  # cannot happen: every dependency is a run of the plan
+                    for number in group.numbers:
+                        self._record(board, plan, number, "not run: the runs it depends on never finished")
+                return
+            for event in pool.wait():
+                self._handle(event, plan, board, running, current, pool)
+
+    def _handle(self, event: tuple, plan, board: Board, running: dict, current: dict, pool) -> None:
+        kind, group_id, payload = event
+        if kind == "started":
+            current[group_id] = payload
+        elif kind == "run":
+            self._outcome(payload, plan, board)
+        elif kind == "group":
+            running.pop(group_id, None)
+        elif kind == "storage":
+            raise KdlabError(payload)
+        elif kind == "died":
+            self._died(running.pop(group_id), current.get(group_id), payload, plan, board, pool)
+
+    def _died(self, group: Group, number: int | None, reason: str, plan, board: Board, pool) -> None:
+        """A worker died: the run it was in fails (kdlab run again resumes it); its group's other runs go on."""
+        left = [n for n in group.numbers if not board.settled([n])]
+        if pool.name == "ray":  # a Ray task reports at its end only: what finished is what its files say
+            number = None
+            for n in list(left):
+                if _state(plan[n - 1]) == "done":
+                    board.finish(n)
+                    left.remove(n)
+            for n in left:
+                self._record(board, plan, n, reason)
+            return
+        number = number if number in left else (left[0] if left else None)  # always progress: no endless retry
+        if number is not None:
+            self._record(board, plan, number, f"{reason} while it ran")
+            left.remove(number)
+        board.requeue(left, group.needs)
+
+    def _outcome(self, outcome: RunOutcome, plan: list[RunSpec], board: Board) -> None:
+        base = self.base
+        base.stats.add(CacheStats(**outcome.stats))
+        base.trained_seconds += outcome.trained_seconds
+        base.eta.epoch_seconds.update(outcome.epoch_seconds)
+        spec = plan[outcome.number - 1]
+        if outcome.error is None:
+            board.finish(outcome.number)
+        else:
+            self._record(board, plan, outcome.number, outcome.error, logged=True)
+        if spec.teacher_run is not None:
+            self._caches.setdefault((spec.teacher_run.key, spec.seed), set()).update(outcome.caches)
+        self._discard_caches(plan, board, spec)
+        self._progress(plan, board)
+
+    def _record(self, board: Board, plan: list[RunSpec], number: int, error: str, logged: bool = False) -> None:
+        spec = plan[number - 1]
+        board.finish(number, error)
+        self.failed.append({"key": spec.key, "run_dir": str(spec.run_dir), "error": error})
+        if not logged:
+            self.log(f"[{number}/{len(plan)}] {_describe(spec)}: failed: {error}")
+
+    def _discard_caches(self, plan: list[RunSpec], board: Board, spec: RunSpec) -> None:
+        """A teacher's cached logits for a seed go once every run of that seed distilled from it has settled."""
+        if self.exp.keep_teacher_cache or spec.teacher_run is None:
+            return
+        key = (spec.teacher_run.key, spec.seed)
+        users = [n for n, s in enumerate(plan, 1) if s.teacher_run is not None and (s.teacher_run.key, s.seed) == key]
+        if board.settled(users):
+            for directory in self._caches.pop(key, set()):
+                shutil.rmtree(Path(directory), ignore_errors=True)
+
+    def _progress(self, plan: list[RunSpec], board: Board) -> None:
+        left = [plan[n - 1] for n in board.left()]
+        eta = self.base.eta.left(left, _epochs_done) / max(1, self.workers or 1)
+        self.log(f"{len(plan) - len(left)}/{len(plan)} runs settled ({len(board.failed)} failed)"
+                 + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
