@@ -72,9 +72,8 @@ def reference(tmp_path_factory):
     path = base / "exp.yaml"
     path.write_text(EXPERIMENT.format(out=base / "out", root=base / "data"))
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the workers' share (cpus_per_worker: 1): CPU float sums depend on the thread count
-    try:
-        assert main(["run", str(path), "name=whole"]) == 0
+    try:  # threads=1: the workers' share (cpus_per_worker: 1); CPU float sums depend on the thread count
+        assert main(["run", str(path), "name=whole", "threads=1"]) == 0
     finally:
         torch.set_num_threads(threads)
     return base, path, _table(base / "out" / "whole")
