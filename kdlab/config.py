@@ -40,7 +40,8 @@ def parse_value(text: str) -> Any:
 
 
 def set_path(tree: dict, dotted: str, value: Any) -> None:
-    """Set ``tree[a][b] = value`` for ``dotted == "a.b"``, creating sections; a scalar section becomes ``{name: ...}``."""
+    """Set ``tree[a][b] = value`` for ``dotted == "a.b"``, creating sections; a scalar section becomes
+    ``{name: ...}``."""
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(f"malformed config key {dotted!r}")
@@ -104,7 +105,8 @@ def _type_name(tp: Any) -> str:
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
     if tp is type(None):
         return "null"
-    return {int: "integer", float: "number", bool: "true/false", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
+    names = {int: "integer", float: "number", bool: "true/false", str: "string"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
 def _coerce(tp: Any, value: Any, key: str) -> Any:
@@ -307,7 +309,8 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam and AdamW
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from lr/100, counted in (possibly fractional) epochs
-    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])  # multistep: fractions of the run (< 1) or epochs
+    # multistep: fractions of the run (< 1) or epochs
+    milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
     gamma: float = 0.1  # multistep decay factor
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     skip_nonfinite: int = 0  # batches with a NaN/inf loss skipped (with a warning) before the run stops

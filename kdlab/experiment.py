@@ -62,7 +62,7 @@ class Experiment:
         objects = self.live.data.get(self.config.dataset.name)
         return Report(build_report(self.directory, device=device, log=log.info, data=objects, models=self.live.models))
 
-    # -- Python objects -> names ----------------------------------------------------------------------------------------
+    # -- Python objects -> names ---------------------------------------------------------------------------------------
     def _named(self, tree: dict) -> dict:
         tree = dict(tree)
         for key in ("teachers", "students"):

@@ -32,7 +32,7 @@ class Registry(Generic[T]):
         """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
 
         def decorator(obj: T) -> T:
-            key = name or getattr(obj, "__name__")
+            key = name or obj.__name__
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = obj

@@ -149,7 +149,8 @@ class RunDir:
         return data if isinstance(data, dict) else None
 
     def student_file(self, name: str) -> Path:
-        """Where the student called ``name`` is saved: ``student`` is model.safetensors, others ``<name>.safetensors``."""
+        """Where the student called ``name`` is saved: ``student`` is model.safetensors, others
+        ``<name>.safetensors``."""
         return self.model if name == "student" else self.path / f"{name}.safetensors"
 
     @staticmethod

@@ -87,5 +87,6 @@ def test_selected_metrics_without_per_epoch_test_eval(tmp_path, fmnist, capsys):
     assert main(_tiny(fmnist, tmp_path, "eval_test_every_epoch=false", "dataset.val_ratio=0.3")) == 0
     result = _last_json(capsys.readouterr().out)
     assert result["selected_test_top1"] is not None and 0 <= result["selected_test_top1"] <= 100
-    rows = [json.loads(x) for x in (tmp_path / "cnn_tiny-ce-fashion_mnist-s0" / "metrics.jsonl").read_text().split("\n") if x]
+    metrics = (tmp_path / "cnn_tiny-ce-fashion_mnist-s0" / "metrics.jsonl").read_text()
+    rows = [json.loads(x) for x in metrics.split("\n") if x]
     assert "test_top1" not in rows[0] and "test_top1" in rows[-1]

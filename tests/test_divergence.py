@@ -62,8 +62,9 @@ def test_divergence_through_the_api_is_an_exception(tmp_path, fmnist, monkeypatc
     (tmp_path / "trap.py").write_text(PLUGIN)
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DivergenceError, match="loss_trap is nan at epoch 2"):
-        kdlab.train("cnn_tiny", {"name": "fashion_mnist", "root": str(fmnist), "batch_size": 32}, method="trap:NanLater",
-                    epochs=2, out_dir=str(tmp_path), device="cpu", progress=False, imports=["trap"])
+        kdlab.train("cnn_tiny", {"name": "fashion_mnist", "root": str(fmnist), "batch_size": 32},
+                    method="trap:NanLater", epochs=2, out_dir=str(tmp_path), device="cpu", progress=False,
+                    imports=["trap"])
 
 
 def test_collapse_reason():

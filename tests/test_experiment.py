@@ -170,7 +170,8 @@ def test_takd_chain_teacher_assistant_student(tmp_path):
     with pytest.raises(ConfigError, match="via 'tb' names no assistant"):
         validate(load_experiment_file(str(path), ["methods=[{name: kd, via: tb}]"]))
     assert main(["run", str(path)]) == 0
-    rows = {r["label"]: r for r in json.loads((tmp_path / "out" / "takd" / "report" / "results.json").read_text())["rows"]}
+    results = json.loads((tmp_path / "out" / "takd" / "report" / "results.json").read_text())
+    rows = {r["label"]: r for r in results["rows"]}
     assert {"ta (assistant, kd ← cnn_small)", "takd: ta → cnn_tiny", "kd: cnn_small → cnn_tiny"} <= set(rows)
     assert rows["takd: ta → cnn_tiny"]["teacher_agreement_mean"] is not None
     assert rows["ta (assistant, kd ← cnn_small)"]["teacher_agreement_mean"] is not None

@@ -140,6 +140,7 @@ def test_sigkill_at_random_points_then_rerun_gives_the_uninterrupted_report(tmp_
     assert reference.returncode == 0, err.decode()[-2000:]
     assert json.loads(final.stdout.strip().splitlines()[-1])["runs"] == 7
     assert _rows(exp_dir) == _rows(tmp_path / "out" / "whole")
-    leftovers = [p for p in (exp_dir / "runs").rglob(".*.tmp") if not p.name.startswith((".eval_cache", ".test_logits"))]
+    leftovers = [p for p in (exp_dir / "runs").rglob(".*.tmp")
+                 if not p.name.startswith((".eval_cache", ".test_logits"))]
     assert not leftovers, "a resumed run clears its killed writes' leftovers (the report's caches are not the run's)"
     print(f"10 kill points, {killed} interrupted, {time.perf_counter() - start:.0f} s")

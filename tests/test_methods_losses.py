@@ -94,8 +94,8 @@ def test_at_method_sums_stages_times_beta():
     g = torch.Generator().manual_seed(0)
     feats = {n: torch.randn(2, 3, 4, 4, generator=g) for n in student.stage_names}
     t_feats = {n: torch.randn(2, 5, 8, 8, generator=g) for n in teacher.stage_names}
-    ctx = Context(batch=Batch(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)), logits=torch.zeros(2, 4), features=feats,
-                  teacher_features=t_feats)
+    ctx = Context(batch=Batch(torch.zeros(2, 3, 4, 4), torch.zeros(2, dtype=torch.long)), logits=torch.zeros(2, 4),
+                  features=feats, teacher_features=t_feats)
     expected = 10.0 * sum(at_loss(feats[n], t_feats[n]) for n in student.stage_names)  # same names on both tiny nets
     torch.testing.assert_close(method.losses(ctx)["loss_at"], expected)
 

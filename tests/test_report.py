@@ -329,7 +329,8 @@ def test_the_answer_comes_first(experiment):
     results = _results(experiment)
     summary = results["summary"]
     students = [r for r in results["rows"] if r["role"] == "student"]
-    assert [s["label"] for s in summary] == [r["label"] for r in sorted(students, key=lambda r: -r["gain_top1_last_mean"])]
+    by_gain = sorted(students, key=lambda r: -r["gain_top1_last_mean"])
+    assert [s["label"] for s in summary] == [r["label"] for r in by_gain]
     for entry in summary:
         if not entry["gain_top1_last_se"]:  # identical per-seed differences: no spread, no test
             assert entry["gain_t"] is None and entry["significant"].startswith("–")

@@ -38,7 +38,8 @@ def test_a_grid_sweep_expands_into_labelled_entries_with_their_values():
     plan = expand(exp, "data")
     students = [s for s in plan if s.role == "student" and s.method.startswith("kd[")]
     assert len(students) == 12 and len({s.key for s in students}) == 12
-    assert students[0].cfg.method.params["T"] == 1.0 and students[0].manifest_run().labels == {"kd.T": 1, "kd.alpha": 0.5}
+    assert students[0].cfg.method.params["T"] == 1.0
+    assert students[0].manifest_run().labels == {"kd.T": 1, "kd.alpha": 0.5}
 
 
 def test_random_sweeps_are_seeded_and_composites_are_namespaced():
@@ -128,7 +129,7 @@ def test_gpu_workers_round_robin_pack_and_take_ddp_groups():
         make_slots(_exp(device="auto", ddp=2), gpus=["0"], cores=16)
 
 
-# -- one run over ranks -------------------------------------------------------------------------------------------------
+# -- one run over ranks ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("length, world", [(32, 2), (30, 4), (7, 3), (2, 4)])
 def test_rank_slices_partition_a_batch_in_order(length, world):
     parts = [rank_slice(10, 10 + length, (r, world)) for r in range(world)]

@@ -34,7 +34,8 @@ def _table(exp_dir):
 
 
 def _keys(exp_dir):
-    return sorted((r["run_dir"].split("/")[-1], r["key"]) for r in json.loads((exp_dir / "manifest.json").read_text())["runs"])
+    runs = json.loads((exp_dir / "manifest.json").read_text())["runs"]
+    return sorted((r["run_dir"].split("/")[-1], r["key"]) for r in runs)
 
 
 def _same_table(a, b):

@@ -12,9 +12,9 @@ from kdlab.config import DataConfig
 from kdlab.data.custom import DatasetSplit, as_split, data_parts, object_info
 from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
 from kdlab.data.registry import load_dataset
+from kdlab.errors import ConfigError
 
 Split = Union[ImageSet, DatasetSplit]
-from kdlab.errors import ConfigError
 
 
 @dataclass(eq=False)

@@ -44,7 +44,8 @@ class RunIO:
 
     # -- console ------------------------------------------------------------------------------------------------------
     def log(self, message: str) -> None:
-        """Human-readable progress goes to the ``kdlab`` logger (stderr); stdout is kept for machine-readable results."""
+        """Human-readable progress goes to the ``kdlab`` logger (stderr); stdout is kept for machine-readable
+        results."""
         if self.is_main:
             log.info(message)
 
@@ -158,7 +159,8 @@ class RunIO:
                              {p.name: files.sha256_file(p) for p in sorted(self.run_dir.glob("*.safetensors"))})
 
     def save_student(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
-        """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or ``<name>.safetensors``."""
+        """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or
+        ``<name>.safetensors``."""
         return self.save_weights(self.dir.student_file(name), weights, meta)
 
     def save_weights(self, path: Path, weights: dict[str, torch.Tensor], meta: dict) -> Path:

@@ -91,7 +91,8 @@ def card_markdown(card: dict) -> str:
     method = train["method"] or "unknown"
     params = json.dumps(train["method_params"], sort_keys=True) if train["method_params"] else "default parameters"
     size = "x".join(str(s) for s in inp["shape"][1:])
-    resize = f"resize to {inp['resize_to'][0]}x{inp['resize_to'][1]} (bilinear, antialiased when shrinking), " if inp["resize_to"] else ""
+    resize = (f"resize to {inp['resize_to'][0]}x{inp['resize_to'][1]} (bilinear, antialiased when shrinking), "
+              if inp["resize_to"] else "")
     lines = [
         f"# Model card: {model['architecture']} ({method}) on {card['data']['dataset']}", "",
         "## Model", "",

@@ -113,7 +113,8 @@ def export_friendly(module: nn.Module, example: Tensor) -> nn.Module:
     uneven = {}
     for name, in_hw in seen.items():
         size = module.get_submodule(name).output_size
-        out_hw = tuple(s if s is not None else i for s, i in zip((size, size) if isinstance(size, int) else size, in_hw))
+        out_hw = tuple(s if s is not None else i
+                       for s, i in zip((size, size) if isinstance(size, int) else size, in_hw))
         if any(i % o for i, o in zip(in_hw, out_hw)):
             uneven[name] = MatmulAdaptivePool(in_hw, out_hw)
     if not uneven:

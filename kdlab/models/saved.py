@@ -76,8 +76,9 @@ def load_model(path: str | Path, device: torch.device, model: torch.nn.Module | 
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes differ
+        lines = str(exc).splitlines()
         raise CheckpointError(f"{path} does not fit {meta.get('model', type(model).__name__)}: "
-                              f"{str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else exc}") from None
+                              f"{lines[1].strip() if len(lines) > 1 else exc}") from None
     if missing or unexpected:
         hint = ""
         if given is None and ":" in str(meta.get("model")) and not meta.get("model_kwargs"):

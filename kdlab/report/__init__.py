@@ -24,8 +24,8 @@ from kdlab.report.sweep import write_sweep
 from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
                                 run_record)
 
-__all__ = ["build_report", "expected_calibration_error", "reliability_bins", "ReliabilityBins", "paired_gain", "format_mean_std",
-           "flops_per_image", "count_parameters", "latency_ms", "ReportError"]
+__all__ = ["build_report", "expected_calibration_error", "reliability_bins", "ReliabilityBins", "paired_gain",
+           "format_mean_std", "flops_per_image", "count_parameters", "latency_ms", "ReportError"]
 
 
 PRECISION = "fp32"  # what the report evaluates in (kdlab.report.collect runs every model without autocast)
@@ -130,7 +130,8 @@ def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str
     best = row_label(featured[-1]) if featured and featured[-1][0] == "student" else None
     figures = {
         "Gains over the baseline": [("gains.png", "Each method's test top-1 gain over the baseline of the same "
-                                                  "student, paired by seed (± 1 and 2 standard errors)")] if gains else [],
+                                                  "student, paired by seed (± 1 and 2 standard errors)")]
+        if gains else [],
         "Accuracy": [("accuracy.png", "Test top-1 per row: last epoch and val-selected epoch (± std over seeds)")],
         "Learning curves": [("curves.png", "Train loss and validation top-1 per epoch (mean ± std over seeds)")],
         "Confusion matrices": confusions,

@@ -42,7 +42,8 @@ class ReliabilityBins:
         n = self.total
         if n == 0:
             return 0.0
-        gap = sum(abs(k - s) for k, s in zip(self.correct, self.confidence_sum))  # |B|·|acc − conf| = |Σ correct − Σ conf|
+        # |B|·|acc − conf| = |Σ correct − Σ conf|
+        gap = sum(abs(k - s) for k, s in zip(self.correct, self.confidence_sum))
         return 100.0 * gap / n
 
     def __add__(self, other: "ReliabilityBins") -> "ReliabilityBins":

@@ -46,7 +46,8 @@ def _table(rows: list[dict], top5: bool, best_label: str | None) -> str:
 
 
 def _figure(name: str, caption: str) -> str:
-    return f'<figure><img src="{escape(name)}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>'
+    return (f'<figure><img src="{escape(name)}" alt="{escape(caption)}">'
+            f'<figcaption>{escape(caption)}</figcaption></figure>')
 
 
 def write_html(path: Path, header: dict, rows: list[dict], top5: bool, figures: dict[str, list[tuple[str, str]]],

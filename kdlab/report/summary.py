@@ -47,9 +47,9 @@ def significant_gains(rows: list[dict]) -> int:
     return sum(1 for r in summary_rows(rows) if (r["gain_t"] or 0) > SIGNIFICANCE_SE)
 
 
-NOTE = ("Gains are paired by seed: the mean over seeds of (method − baseline of the same student), ± the standard error "
-        "of that mean. 'More than 2 SE' is a rough two-sided test (|gain| > 2 standard errors), not a correction for "
-        "comparing many methods.")
+NOTE = ("Gains are paired by seed: the mean over seeds of (method − baseline of the same student), "
+        "± the standard error of that mean. 'More than 2 SE' is a rough two-sided test (|gain| > 2 standard errors), "
+        "not a correction for comparing many methods.")
 
 
 def summary_markdown(rows: list[dict]) -> str:

@@ -108,7 +108,7 @@ def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: Ru
     except KdlabError as exc:
         messages.put(("error", rank, str(exc)))
         log.info(f"failed: {exc}")
-        raise SystemExit(1)  # the other ranks are stopped rather than left waiting in a collective
+        raise SystemExit(1) from None  # the other ranks are stopped rather than left waiting in a collective
     finally:
         distributed.shutdown()
 

@@ -17,7 +17,8 @@ SpeedKey = tuple[str, str, str, Any]  # (role, model label, method label, teache
 
 
 def speed_key(spec) -> SpeedKey:
-    """What a run's speed depends on: its role and model, its method (the teacher's work, adapters, heads) and teacher."""
+    """What a run's speed depends on: its role and model, its method (the teacher's work, adapters, heads) and
+    teacher."""
     return (spec.role, spec.student, spec.method, spec.teacher)
 
 
@@ -37,7 +38,8 @@ class Eta:
         teacher = self._teacher_epoch(spec.teacher)
         if own is not None and (spec.teacher is None or teacher is not None):
             return own + (teacher * TEACHER_FORWARD_SHARE if teacher is not None else 0.0)
-        for same in ([v for k, v in self.epoch_seconds.items() if k[0] == spec.role], list(self.epoch_seconds.values())):
+        for same in ([v for k, v in self.epoch_seconds.items() if k[0] == spec.role],
+                     list(self.epoch_seconds.values())):
             if same:
                 return sum(same) / len(same)
         return 0.0

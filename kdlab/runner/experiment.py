@@ -156,7 +156,8 @@ class ExperimentRunner:
         return number == len(plan) or plan[number].seed != plan[number - 1].seed
 
     def _export(self, plan: list[RunSpec], failed: list[dict]) -> None:
-        """Export, verify (and quantize) every finished baseline and student (kept when already done for its weights)."""
+        """Export, verify (and quantize) every finished baseline and student (kept when already done for its
+        weights)."""
         from kdlab.export import export_run
 
         for spec in plan:

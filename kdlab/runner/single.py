@@ -131,7 +131,8 @@ def environment() -> dict:
     except (OSError, subprocess.SubprocessError):
         rev = None
     return {"kdlab": kdlab.__version__, "git_revision": rev, "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "platform": platform.platform(),
+            "cpu_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -185,7 +186,8 @@ def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[
 
     ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
     loader, returns a provider of the teacher's logits for each batch (shared by all methods of a seed, or with fixed
-    views by every seed); used only when the method reads nothing but the teacher's logits. ``live``: Python objects named by the config.
+    views by every seed); used only when the method reads nothing but the teacher's logits. ``live``: Python objects
+    named by the config.
     """
     return train_run(cfg, splits, teacher_cache, io_rank, live)[0]
 

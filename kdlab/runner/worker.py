@@ -126,7 +126,8 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
             failed.append({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"})
         emit(("run", task.group, RunOutcome(number, spec.key, failed[0]["error"] if failed else None,
                                             runner.stats.as_dict(), runner.trained_seconds,
-                                            dict(runner.eta.epoch_seconds), [str(c.directory) for c in runner._caches])))
+                                            dict(runner.eta.epoch_seconds),
+                                            [str(c.directory) for c in runner._caches])))
         del runner
         gc.collect()
         if torch.cuda.is_available():
