@@ -114,16 +114,21 @@ def test_eta_uses_the_speed_of_the_same_kind_of_run_and_counts_the_teacher(tmp_p
     exp = load_experiment_file(None, [f"out_dir={tmp_path}"])
     plan = expand(exp, "data1")
     teacher, baseline, kd = plan[0], plan[1], next(s for s in plan if s.method == "kd")
-    dml = next(s for s in plan if s.method == "dml")
-    eta = Eta()
-    assert eta.epoch(kd) == 0.0 and eta.left([kd], lambda s: 0) == 0.0
+    dml, at = (next(s for s in plan if s.method == name) for name in ("dml", "at"))
+    eta = Eta(shared_teacher_outputs=True)
+    assert eta.epoch(kd) is None and eta.left([kd], lambda s: 0) is None  # nothing measured: no guess
     eta.record(teacher, 42.0)
     assert eta.epoch(teacher) == 42.0
-    assert eta.epoch(baseline) == 42.0  # nothing of the student measured yet: the mean over what is
+    assert eta.epoch(baseline) is None  # the teacher's epoch is no estimate of a student's
+    assert eta.left([teacher], lambda s: 0) == 42.0 * exp.teacher_schedule.epochs
     eta.record(baseline, 5.0)
     assert eta.epoch(next(s for s in plan if s.role == "baseline" and s.seed == 2)) == 5.0
-    assert eta.epoch(kd) == pytest.approx(5.0 + 42.0 / 3)  # the student's epoch plus the teacher's forward passes
+    assert eta.epoch(kd) == 5.0  # logits only, served by the shared outputs or the bank: no teacher pass
+    assert eta.epoch(at) == pytest.approx(5.0 + 42.0 / 3)  # features: the teacher's forward passes in every step
     assert eta.epoch(dml) == 5.0  # no teacher
+    unshared = Eta(shared_teacher_outputs=False)
+    unshared.epoch_seconds.update(eta.epoch_seconds)
+    assert unshared.epoch(kd) == pytest.approx(5.0 + 42.0 / 3)
     eta.record(kd, 12.0)
     assert eta.epoch(next(s for s in plan if s.method == "kd" and s.seed == 1)) == 12.0
     assert eta.left([kd], lambda s: 1) == 12.0 * (exp.student_schedule.epochs - 1)

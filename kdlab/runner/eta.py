@@ -1,15 +1,20 @@
 """The experiment's ETA: seconds left, from the seconds per epoch measured so far, including the teacher's work.
 
-A run of a kind already measured (same role, model, method and teacher) takes what that kind took. Otherwise its
-epoch is estimated from its parts: the student's own training (its baseline's epoch, when measured) plus, for a run
-that distils from a teacher, the teacher's forward passes, a third of the teacher's training epoch (a forward pass
-is about a third of a training step's work). Only when nothing of the kind's parts is measured does the mean over
-measured runs of the same role, then over all runs, stand in.
+A run of a kind already measured (same role, model, method and teacher) takes what that kind took; a run's one-off
+work (building the experiment's bank of teacher views) is not part of its kind's speed. Otherwise a student's epoch
+is estimated from its parts: its baseline's measured epoch plus, when it runs the teacher itself (it reads teacher
+features, or the teacher's outputs are not shared), the teacher's forward passes, a third of the teacher's training
+epoch (a forward pass is about a third of a training step's work). A run whose parts are not measured yet makes the
+ETA unknown (None) rather than a guess from another kind of run: the teacher's epoch applied to a student, or the
+baseline's to a KD run, was off by 3x in both directions.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
+
+from kdlab.methods.base import Method
+from kdlab.methods.factory import method_class
 
 TEACHER_FORWARD_SHARE = 1 / 3  # forward / (forward + backward + update) of a training step, roughly
 
@@ -22,37 +27,53 @@ def speed_key(spec) -> SpeedKey:
     return (spec.role, spec.student, spec.method, spec.teacher)
 
 
+def reads_logits_only(method_name: str) -> bool:
+    """Whether a method, by its class, needs the teacher's logits and no teacher features (so shared or banked
+    teacher outputs serve it). Unknown and composite methods count as running the teacher."""
+    try:
+        cls = method_class(method_name)
+    except Exception:  # a plug-in not imported here: assume the costlier case
+        return False
+    return (cls.teacher_layers is Method.teacher_layers
+            and cls.reads_teacher_logits is not Method.reads_teacher_logits)
+
+
 class Eta:
-    def __init__(self) -> None:
+    def __init__(self, shared_teacher_outputs: bool = True) -> None:
         self.epoch_seconds: dict[SpeedKey, float] = {}
+        self.shared = shared_teacher_outputs
 
     def record(self, spec, seconds_per_epoch: float) -> None:
         self.epoch_seconds[speed_key(spec)] = seconds_per_epoch
 
-    def epoch(self, spec) -> float:
-        """Estimated seconds of one epoch of ``spec`` (0 when nothing is measured yet)."""
+    def epoch(self, spec) -> Optional[float]:
+        """Estimated seconds of one epoch of ``spec``; None when its parts are not measured yet."""
         key = speed_key(spec)
         if key in self.epoch_seconds:
             return self.epoch_seconds[key]
         own = self.epoch_seconds.get(("baseline", spec.student, "ce", None))
+        if own is None or spec.role in ("teacher", "assistant"):
+            return None
+        if spec.teacher is None:
+            return own
         teacher = self._teacher_epoch(spec.teacher)
-        if own is not None and (spec.teacher is None or teacher is not None):
-            return own + (teacher * TEACHER_FORWARD_SHARE if teacher is not None else 0.0)
-        for same in ([v for k, v in self.epoch_seconds.items() if k[0] == spec.role],
-                     list(self.epoch_seconds.values())):
-            if same:
-                return sum(same) / len(same)
-        return 0.0
+        if teacher is None:
+            return None
+        live = not (self.shared and reads_logits_only(spec.cfg.method.name))
+        return own + (teacher * TEACHER_FORWARD_SHARE if live else 0.0)
 
     def _teacher_epoch(self, label: str | None) -> float | None:
         """A teacher's (or assistant's) measured training epoch."""
-        if label is None:
-            return None
         found = [v for k, v in self.epoch_seconds.items() if k[0] in ("teacher", "assistant") and k[1] == label]
         return found[0] if found else None
 
-    def left(self, remaining: list, epochs_done) -> float:
-        """Seconds left for ``remaining`` runs (``epochs_done(spec)``: epochs a run has already finished)."""
-        if not self.epoch_seconds:
-            return 0.0
-        return sum(self.epoch(s) * (s.cfg.epochs - epochs_done(s)) for s in remaining)
+    def left(self, remaining: list, epochs_done) -> Optional[float]:
+        """Seconds left for ``remaining`` runs (``epochs_done(spec)``: epochs a run has already finished); None
+        when some run's speed can't be estimated yet."""
+        total = 0.0
+        for spec in remaining:
+            seconds = self.epoch(spec)
+            if seconds is None:
+                return None
+            total += seconds * (spec.cfg.epochs - epochs_done(spec))
+        return total

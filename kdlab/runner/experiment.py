@@ -46,7 +46,7 @@ class ExperimentRunner:
         self.dir = exp.directory
         self.log = log
         self.stats = CacheStats()
-        self.eta = Eta()  # measured seconds per epoch, by kind of run
+        self.eta = Eta(exp.share_teacher_outputs)  # measured seconds per epoch, by kind of run
         self._caches: list[TeacherLogitCache] = []  # this seed's caches, discarded when its last run is done
         self.trained_seconds = 0.0  # time inside the training loops of the runs trained by this invocation
 
@@ -101,7 +101,7 @@ class ExperimentRunner:
             self.log(f"{head}: done")
             return
         left = [s for s in plan[number - 1:] if _state(s) != "done" and not s.given_checkpoint]
-        eta = self.eta.left(left, _epochs_done) if self.show_eta else 0.0
+        eta = self.eta.left(left, _epochs_done) if self.show_eta else None
         self.log(f"{head}: {state}" + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))
         opened: list[TeacherLogitCache] = []
         start = time.perf_counter()
@@ -111,7 +111,8 @@ class ExperimentRunner:
         for cache in opened:
             self.stats.add(cache.stats)
         self._caches.extend(opened)
-        self.eta.record(spec, elapsed / max(1, spec.cfg.epochs - before))
+        one_off = sum(cache.stats.bank_seconds for cache in opened)  # the experiment's bank, built by this run
+        self.eta.record(spec, (elapsed - one_off) / max(1, spec.cfg.epochs - before))
 
     def _train(self, spec: RunSpec, splits, opened: list) -> None:
         """Train one run here, or over ``ddp`` processes (kdlab.runner.ddp)."""

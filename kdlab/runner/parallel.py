@@ -282,6 +282,7 @@ class ParallelRunner:
 
     def _progress(self, plan: list[RunSpec], board: Board) -> None:
         left = [plan[n - 1] for n in board.left()]
-        eta = self.base.eta.left(left, _epochs_done) / max(1, self.workers or 1)
+        eta = self.base.eta.left(left, _epochs_done)
+        eta = eta / max(1, self.workers or 1) if eta else None
         self.log(f"{len(plan) - len(left)}/{len(plan)} runs settled ({len(board.failed)} failed)"
                  + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))

@@ -10,6 +10,7 @@ match, so it can never serve logits of another view.
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class CacheStats:
     computed_images: int = 0
     reused_images: int = 0
     mismatches: int = 0  # stored views that did not match (recomputed)
+    bank_seconds: float = 0.0  # time spent building banks of fixed views (once per experiment, not per run)
 
     def add(self, other: "CacheStats") -> None:
         for name in self.__dataclass_fields__:
@@ -135,7 +137,9 @@ class TeacherViewBank:
         if self.path.is_file():
             self.logits = load_weights(self.path)[0]["logits"]
         else:
+            start = time.perf_counter()
             self.logits = self._compute(teacher.to(device).eval(), loader, bf16, channels_last, batch_size)
+            self.stats.bank_seconds = time.perf_counter() - start
             save_weights(self.path, {"logits": self.logits}, {"views": loader.fixed_views, "key": loader.views_key})
         self.logits = self.logits.to(device)
 
