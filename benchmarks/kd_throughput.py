@@ -274,6 +274,7 @@ def main(argv: list[str] | None = None) -> dict:
         w.faults.clear()
     policy = ThreadPolicy(args.threads)  # kdlab's thread choice, made before every round as the trainer does per epoch
     round_others, round_threads = timed_rounds(workloads, args, policy)
+    idle_others, idle_threads = others.cores(), torch.get_num_threads()  # before the contender starts
     contended = contended_rates(workloads, args, policy) if args.contend else None
 
     rates = {w.key: statistics.median(w.rates) for w in workloads}
@@ -304,7 +305,7 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": "bf16" if bf16 else "fp32",
         "channels_last": args.channels_last,
         "compile": args.compile,
-        "threads": torch.get_num_threads(),
+        "threads": idle_threads,
         "cpu_count": os.cpu_count(),
         "allocator": allocator,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_") or k == "LD_PRELOAD"},
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rounds": len(student_w.rates),
         "loadavg_start": load_start,
         "loadavg_end": _loadavg(),
-        "other_cpu_cores": None if (o := others.cores()) is None else round(o, 2),
+        "other_cpu_cores": None if idle_others is None else round(idle_others, 2),
         "other_cpu_cores_rounds": [None if x is None else round(x, 2) for x in round_others],
         "threads_rounds": round_threads,
         **(contended or {}),
