@@ -299,6 +299,15 @@ def test_measure_efficiency_keys():
     assert values["latency_b1_ms"] > 0 and values["latency_b64_ms"] > 0
 
 
+def test_latencies_of_several_models_are_taken_in_the_same_rounds():
+    from kdlab.report.efficiency import latency_table
+
+    small, big = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)), nn.Sequential(nn.Flatten(), nn.Linear(16, 4096))
+    table = latency_table([(small, (1, 4, 4)), (big, (1, 4, 4))], batches=(1, 64), rounds=2)
+    assert [sorted(t) for t in table] == [[1, 64], [1, 64]]
+    assert all(ms > 0 for t in table for ms in t.values()) and table[1][64] > table[0][64]
+
+
 def test_teacher_given_as_a_checkpoint(experiment, tmp_path):
     """The experiment runner lists a supplied teacher with ``run_dir: null`` and its ``checkpoint``."""
     manifest = json.loads((experiment["exp"] / "manifest.json").read_text())

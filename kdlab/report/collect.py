@@ -275,23 +275,28 @@ def efficiency_env() -> dict:
 
 
 def efficiency_by_label(runs: list[RunEval], data: TestData, log: Log) -> dict[tuple[str, str], dict]:
-    """Efficiency of each (label, architecture), measured once on its lowest-seed run and cached in that run."""
-    from kdlab.report.efficiency import measure_efficiency
+    """Efficiency of each (label, architecture), measured once on its lowest-seed run and cached in that run; the
+    latencies of all that are measured now are taken in the same interleaved rounds."""
+    from kdlab.report.efficiency import measure_many
 
     out: dict[tuple[str, str], dict] = {}
+    todo: list[tuple[tuple[str, str], RunEval]] = []
     env = efficiency_env()
     for run in sorted(runs, key=lambda r: r.spec.seed):
         label = (run.spec.student, run.spec.model)
-        if label in out:
+        if label in out or any(label == seen for seen, _ in todo):
             continue
         cached = run.cache.get("efficiency") or {}
         if cached.get("env") == env:
             out[label] = cached["values"]
-            continue
-        log(f"measuring parameters, FLOPs and CPU latency of {run.spec.student} ({run.spec.model})")
-        path = run.spec.model_path
-        model, _ = data.load(path, torch.device("cpu"))
-        values = measure_efficiency(model, run.input_shape, path)
+        else:
+            todo.append((label, run))
+    if not todo:
+        return out
+    log("measuring parameters, FLOPs and CPU latency of " + ", ".join(f"{s} ({m})" for (s, m), _ in todo))
+    models = [(data.load(run.spec.model_path, torch.device("cpu"))[0], tuple(run.input_shape), run.spec.model_path)
+              for _, run in todo]
+    for (label, run), values in zip(todo, measure_many(models)):
         run.cache["efficiency"] = {"env": env, "values": values}
         write_cache(run.spec.run_dir, run.cache_key, run.cache)
         out[label] = values
