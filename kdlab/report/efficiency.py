@@ -128,6 +128,6 @@ def measure_many(models: Sequence[tuple[nn.Module, tuple[int, ...], str | Path]]
 
 
 LATENCY_NOTE = (f"CPU latency: fp32 eager PyTorch, {LATENCY_THREADS} thread, inference mode; the lowest of "
-                f"{LATENCY_ROUNDS}-{5 * LATENCY_ROUNDS} block medians of up to 25 (batch 1) or 7 (batch 64) timed passes "
-                f"after 10 / 2 warm-up passes, the blocks of every architecture taken in interleaved rounds over at "
-                f"least {LATENCY_SPAN_S:.0f} s.")
+                f"{LATENCY_ROUNDS}-{5 * LATENCY_ROUNDS} block medians of up to 25 (batch 1) or 7 (batch 64) timed "
+                f"passes after 10 / 2 warm-up passes, the blocks of every architecture taken in interleaved rounds "
+                f"over at least {LATENCY_SPAN_S:.0f} s.")
