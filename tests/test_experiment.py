@@ -28,7 +28,8 @@ def test_every_shipped_experiment_file_is_valid(path):
 def test_default_experiment_covers_the_methods_users_compare():
     exp = load_experiment_file(None, [])
     assert exp.dataset.name == "fashion_mnist" and len(exp.seeds) >= 3 and exp.teachers
-    assert {"kd", "fitnets", "at", "dml", "byot", "dist"} <= {m.name for m in exp.methods}
+    assert len(exp.methods) >= 6 and {"kd", "dkd", "dist", "at", "dml"} <= {m.name for m in exp.methods}
+    assert exp.teacher_views == exp.student_schedule.epochs  # FKD: as many fixed views as epochs
 
 
 def test_bad_experiment_files_are_one_line_errors(tmp_path):
