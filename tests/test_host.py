@@ -50,10 +50,9 @@ FAULTS = textwrap.dedent("""
     images = torch.randn(64, 1, 32, 32)
     optimizer = torch.optim.SGD(student.parameters(), lr=0.1)
     def step():  # an online KD step: the student's saved activations plus the teacher's temporaries, all freed
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = student(images)
-            with torch.no_grad():
-                teacher_logits = teacher(images)
+        logits = student(images)
+        with torch.no_grad():
+            teacher_logits = teacher(images)
         loss = F.kl_div(logits.float().log_softmax(1), teacher_logits.float().log_softmax(1),
                         reduction="batchmean", log_target=True)
         optimizer.zero_grad()
@@ -61,10 +60,12 @@ FAULTS = textwrap.dedent("""
         optimizer.step()
     for _ in range(3):
         step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(5):
+    per_step = []
+    for _ in range(7):  # the median step: a step that still grows the heap to its peak is not the steady state
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         step()
-    print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) // 5)
+        per_step.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    print(sorted(per_step)[3])
 """)
 
 
