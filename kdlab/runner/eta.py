@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from kdlab.errors import KdlabError
 from kdlab.methods.base import Method
 from kdlab.methods.factory import method_class
 
@@ -32,7 +33,7 @@ def reads_logits_only(method_name: str) -> bool:
     teacher outputs serve it). Unknown and composite methods count as running the teacher."""
     try:
         cls = method_class(method_name)
-    except Exception:  # a plug-in not imported here: assume the costlier case
+    except KdlabError:  # not resolvable here (e.g. a plug-in's name): assume the costlier case
         return False
     return (cls.teacher_layers is Method.teacher_layers
             and cls.reads_teacher_logits is not Method.reads_teacher_logits)
