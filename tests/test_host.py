@@ -78,3 +78,15 @@ def test_tuning_removes_per_step_page_faults(monkeypatch):
     # system: glibc trims the freed peak after every step and faults it in again in the next (measured ~10,700)
     assert faults["system"] > 3_000
     assert faults["tuned"] < faults["system"] / 20
+
+
+def test_thread_policy_gives_back_the_callers_thread_count(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(host.THREADS_ENV, raising=False)
+    before = torch.get_num_threads()
+    policy = host.ThreadPolicy(threads=before + 1)
+    assert policy.apply() == before + 1 and torch.get_num_threads() == before + 1
+    assert policy.apply() == before + 1  # later epochs: the caller's count is the one seen first
+    policy.restore()
+    assert torch.get_num_threads() == before

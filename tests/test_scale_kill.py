@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 from fixtures_scale import make_learnable_fashion_mnist
 from kdlab.cli import main
@@ -71,11 +70,8 @@ def reference(tmp_path_factory):
     make_learnable_fashion_mnist(base / "data", n_train=1200, n_test=200)
     path = base / "exp.yaml"
     path.write_text(EXPERIMENT.format(out=base / "out", root=base / "data"))
-    threads = torch.get_num_threads()
-    try:  # threads=1: the workers' share (cpus_per_worker: 1); CPU float sums depend on the thread count
-        assert main(["run", str(path), "name=whole", "threads=1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # threads=1: the workers' share (cpus_per_worker: 1); CPU float sums depend on the thread count
+    assert main(["run", str(path), "name=whole", "threads=1"]) == 0
     return base, path, _table(base / "out" / "whole")
 
 

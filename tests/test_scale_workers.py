@@ -4,7 +4,6 @@ import csv
 import json
 
 import pytest
-import torch
 
 import kdlab
 from fixtures_scale import TinyMLP, make_learnable_fashion_mnist
@@ -52,11 +51,8 @@ def sequential(tmp_path_factory):
     make_learnable_fashion_mnist(base / "data", n_train=600, n_test=200)
     path = base / "exp.yaml"
     path.write_text(EXPERIMENT.format(out=base / "out", root=base / "data"))
-    threads = torch.get_num_threads()
-    try:  # threads=1: the workers' share (cpus_per_worker: 1); CPU float sums depend on the thread count
-        assert main(["run", str(path), "name=seq", "threads=1"]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    # threads=1: the workers' share (cpus_per_worker: 1); CPU float sums depend on the thread count
+    assert main(["run", str(path), "name=seq", "threads=1"]) == 0
     return base, path
 
 

@@ -123,6 +123,7 @@ class ThreadPolicy:
         env = os.environ.get(THREADS_ENV, "").strip()
         self.pinned = threads or (int(env) if env.isdigit() and int(env) > 0 else None)
         self.load: OtherLoad | None = None
+        self.caller: int | None = None  # torch's thread count before the first apply, put back by restore()
 
     def choose(self) -> int:
         """Threads for the next epoch: the pinned number, else the cores left free by other processes."""
@@ -141,6 +142,17 @@ class ThreadPolicy:
         import torch
 
         threads = self.choose()
+        if self.caller is None:
+            self.caller = torch.get_num_threads()
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads
+
+    def restore(self) -> None:
+        """Give the process back the thread count it had before the first :meth:`apply` (a library call leaves
+        torch's global setting as it found it)."""
+        import torch
+
+        if self.caller is not None and torch.get_num_threads() != self.caller:
+            torch.set_num_threads(self.caller)
+        self.caller = None

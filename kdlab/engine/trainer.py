@@ -76,21 +76,28 @@ class Trainer:
         start_epoch = self._restore()
         if start_epoch:
             self.io.log(f"resuming {self.io.run_dir} after epoch {start_epoch}/{self.opt.epochs}")
-        for epoch in range(start_epoch, self.opt.epochs):
-            row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        try:
+            for epoch in range(start_epoch, self.opt.epochs):
+                self._epoch(epoch)
+            return self._finish()
+        finally:
             if self.threads is not None:
-                row["threads"] = self.threads.apply()
-            row.update(self._train_epoch(epoch))
-            row.update(self._evaluate(final=epoch + 1 == self.opt.epochs))
-            self._select(row)
-            self.history.append(row)
-            self.io.write_history(self.history)
-            self.io.log_scalars(row)
-            self._checkpoint(epoch + 1)
-            self.io.log(self._summary(row))
-        return self._finish()
+                self.threads.restore()
 
     # -- one epoch ----------------------------------------------------------------------------------------------------
+    def _epoch(self, epoch: int) -> None:
+        row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        if self.threads is not None:
+            row["threads"] = self.threads.apply()
+        row.update(self._train_epoch(epoch))
+        row.update(self._evaluate(final=epoch + 1 == self.opt.epochs))
+        self._select(row)
+        self.history.append(row)
+        self.io.write_history(self.history)
+        self.io.log_scalars(row)
+        self._checkpoint(epoch + 1)
+        self.io.log(self._summary(row))
+
     def _train_epoch(self, epoch: int) -> dict:
         method, device = self.method, self.opt.device
         method.on_epoch_start(epoch, self.opt.epochs)
