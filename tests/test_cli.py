@@ -11,13 +11,6 @@ from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 
 
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(root, n_train=200, n_test=60)
-    return root
-
-
 def _tiny(root, out, *extra):
     return ["train", "model=cnn_tiny", f"dataset.root={root}", "epochs=2", "dataset.batch_size=32",
             f"out_dir={out}", "progress=false", "device=cpu", *extra]

@@ -11,19 +11,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.config import TrainConfig, from_dict, load_config, to_dict
 from kdlab.errors import ConfigError
 from kdlab.files import load_weights, save_weights, sha256_file
 from kdlab.runner.single import resolve_config
-
-
-@pytest.fixture(scope="module")
-def fmnist(tmp_path_factory):
-    root = tmp_path_factory.mktemp("fmnist")
-    make_fashion_mnist(root, n_train=200, n_test=60)
-    return root
 
 
 def _train(root, out, *extra):
