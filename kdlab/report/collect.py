@@ -280,23 +280,23 @@ def efficiency_by_label(runs: list[RunEval], data: TestData, log: Log) -> dict[t
     from kdlab.report.efficiency import measure_many
 
     out: dict[tuple[str, str], dict] = {}
-    todo: list[tuple[tuple[str, str], RunEval]] = []
+    todo: dict[tuple[str, str], RunEval] = {}  # measured now, each on its lowest-seed run
     env = efficiency_env()
     for run in sorted(runs, key=lambda r: r.spec.seed):
         label = (run.spec.student, run.spec.model)
-        if label in out or any(label == seen for seen, _ in todo):
+        if label in out or label in todo:
             continue
         cached = run.cache.get("efficiency") or {}
         if cached.get("env") == env:
             out[label] = cached["values"]
         else:
-            todo.append((label, run))
+            todo[label] = run
     if not todo:
         return out
-    log("measuring parameters, FLOPs and CPU latency of " + ", ".join(f"{s} ({m})" for (s, m), _ in todo))
+    log("measuring parameters, FLOPs and CPU latency of " + ", ".join(f"{s} ({m})" for s, m in todo))
     models = [(data.load(run.spec.model_path, torch.device("cpu"))[0], tuple(run.input_shape), run.spec.model_path)
-              for _, run in todo]
-    for (label, run), values in zip(todo, measure_many(models)):
+              for run in todo.values()]
+    for (label, run), values in zip(todo.items(), measure_many(models)):
         run.cache["efficiency"] = {"env": env, "values": values}
         write_cache(run.spec.run_dir, run.cache_key, run.cache)
         out[label] = values

@@ -68,15 +68,20 @@ class ExperimentRunner:
                     self._discard_caches()
             if self.exp.export:
                 self._export(plan, failed)
-            wall = time.perf_counter() - started
-            summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": self.trained_seconds,
-                       "overhead_fraction": wall / self.trained_seconds - 1 if self.trained_seconds else None,
-                       "teacher_cache": self.stats.as_dict(), "failed": failed}
-            if self.trained_seconds:  # a run that only loaded finished runs keeps the summary of the one that trained
-                files.write_json(self.dir / "summary.json", summary)
-            self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
-                     f"{self.stats.reused_batches} saved by sharing teacher outputs")
-            return summary
+            return self.summarize(len(plan), time.perf_counter() - started, failed)
+
+    def summarize(self, runs: int, wall: float, failed: list[dict], **extra) -> dict:
+        """The invocation's summary (``summary.json``, written when it trained something: one that only loaded
+        finished runs keeps the summary of the one that trained) and the log line of its teacher passes."""
+        trained = self.trained_seconds
+        summary = {"runs": runs, "wall_time_s": wall, "train_loop_time_s": trained,
+                   "overhead_fraction": wall / trained - 1 if trained else None,
+                   "teacher_cache": self.stats.as_dict(), "failed": failed, **extra}
+        if trained:
+            files.write_json(self.dir / "summary.json", summary)
+        self.log(f"teacher forward passes: {self.stats.computed_batches} batches run, "
+                 f"{self.stats.reused_batches} saved by sharing teacher outputs")
+        return summary
 
     # -- one run ------------------------------------------------------------------------------------------------------
     def _run_or_record(self, number: int, plan: list[RunSpec], spec: RunSpec, splits, failed: list[dict]) -> None:

@@ -21,7 +21,6 @@ import signal
 import time
 from pathlib import Path
 
-from kdlab import files
 from kdlab.data import load_splits
 from kdlab.errors import KdlabError
 from kdlab.runner.experiment import ExperimentRunner, _describe, _epochs_done, _state, experiment_lock
@@ -147,17 +146,8 @@ class ParallelRunner:
                 self._execute(plan, board, storage, pool)
             elif pool is not None:
                 pool.close(force=True)  # nothing to run: they were only importing
-            wall = time.perf_counter() - started
-            trained = self.base.trained_seconds
-            summary = {"runs": len(plan), "wall_time_s": wall, "train_loop_time_s": trained,
-                       "overhead_fraction": wall / trained - 1 if trained else None,
-                       "teacher_cache": self.base.stats.as_dict(), "failed": self.failed,
-                       "executor": self.exp.executor, "workers": self.workers}
-            if trained:
-                files.write_json(self.base.dir / "summary.json", summary)
-            self.log(f"teacher forward passes: {self.base.stats.computed_batches} batches run, "
-                     f"{self.base.stats.reused_batches} saved by sharing teacher outputs")
-            return summary
+            return self.base.summarize(len(plan), time.perf_counter() - started, self.failed,
+                                       executor=self.exp.executor, workers=self.workers)
 
     def _plan(self) -> tuple[list[RunSpec], Board, Storage]:
         """The plan (manifest written), its board (finished runs known), the storage marker."""
