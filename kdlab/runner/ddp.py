@@ -101,7 +101,7 @@ def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: Ru
     prefix_logging(f"[rank {rank}] ")
     opened: list = []
     factory = ExperimentRunner(exp, live=live, check=False)._cache_factory(spec, opened)
-    ranked = (lambda loader: factory(loader, f"-r{rank}of{world}")) if factory is not None else None
+    ranked = (lambda loader, teacher: factory(loader, teacher, f"-r{rank}of{world}")) if factory is not None else None
     try:
         single.run(spec.cfg, teacher_cache=ranked, live=live)
         messages.put(("ok", rank, [(str(c.directory), c.stats.as_dict()) for c in opened]))

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Callable
 
 import yaml
+from torch import nn
 
 from kdlab.config import to_dict
 from kdlab.data import load_splits
 from kdlab import console, files
 from kdlab.engine.device import resolve_device, use_bf16
-from kdlab.engine.inference import fold_batchnorm
 from kdlab.errors import KdlabError
 from kdlab.runner import single
-from kdlab.models.saved import load_model
 from kdlab.report.manifest import Manifest
 from kdlab.runner.eta import Eta
 from kdlab.runner.live import Live
@@ -129,16 +128,15 @@ class ExperimentRunner:
         single.run(spec.cfg, splits=splits, teacher_cache=self._cache_factory(spec, opened), live=self.live)
 
     def _cache_factory(self, spec: RunSpec, opened: list) -> Callable | None:
-        """A factory the single run calls with its training loader when its method needs teacher logits only: the
-        per-epoch cache of its data stream, or with ``teacher_views`` the teacher's bank of fixed views."""
+        """A factory the single run calls with its training loader and its frozen teacher (on the run's device,
+        BatchNorm folded) when its method needs teacher logits only: the per-epoch cache of its data stream, or with
+        ``teacher_views`` the teacher's bank of fixed views."""
         if spec.teacher_run is None or not self.exp.share_teacher_outputs:
             return None
         exp, teacher_run = self.exp, spec.teacher_run
 
-        def factory(loader, suffix: str = "") -> TeacherLogitCache | TeacherViewBank:
+        def factory(loader, teacher: nn.Module, suffix: str = "") -> TeacherLogitCache | TeacherViewBank:
             device = resolve_device(exp.device)
-            teacher, _ = load_model(teacher_run.checkpoint, device, factories=self.live.models)
-            teacher = fold_batchnorm(teacher)
             bf16 = use_bf16(exp.precision, device)
             if loader.fixed_views:
                 path = self.dir / "teacher_views" / f"{teacher_run.key}-{loader.views_key}.safetensors"

@@ -180,14 +180,14 @@ def saved_imports(cfg: TrainConfig) -> list[str]:
     return list(dict.fromkeys([*cfg.imports, *module_names([cfg.model.name])]))
 
 
-def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[[str], TeacherCache] | None = None,
+def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[..., TeacherCache] | None = None,
         io_rank: int = 0, live: Live | None = None) -> dict:
     """Train (or load, or resume) the run described by ``cfg``; returns its flat result dict.
 
     ``splits``: the already loaded data (an experiment loads it once). ``teacher_cache``: called with the training
-    loader, returns a provider of the teacher's logits for each batch (shared by all methods of a seed, or with fixed
-    views by every seed); used only when the method reads nothing but the teacher's logits. ``live``: Python objects
-    named by the config.
+    loader and the run's frozen teacher, returns a provider of the teacher's logits for each batch (shared by all
+    methods of a seed, or with fixed views by every seed); used only when the method reads nothing but the teacher's
+    logits. ``live``: Python objects named by the config.
     """
     return train_run(cfg, splits, teacher_cache, io_rank, live)[0]
 
@@ -272,7 +272,7 @@ def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
         io.log("teacher outputs are not shared for this run: its data's views are the Dataset's own, not a pure "
                "function of (seed, epoch), so the teacher runs live")
         return None
-    return teacher_cache(train_loader)
+    return teacher_cache(train_loader, method.teacher)  # the run's teacher: loaded and folded once
 
 
 def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device, identity: dict,
