@@ -97,6 +97,33 @@ def test_the_board_releases_students_after_their_teacher_and_fails_them_with_it(
     assert board.take_ready().numbers == [3] and not board.settled([3])
 
 
+def test_a_dead_worker_fails_the_run_it_was_in_unless_that_run_had_finished(tmp_path):
+    from kdlab.runner.experiment import ExperimentRunner
+    from kdlab.runner.parallel import ParallelRunner
+
+    exp = _exp(methods=["kd", "dist"], seeds=[0], out_dir=str(tmp_path))
+    plan = expand(exp, "data")  # teacher, baseline, kd, dist: kd and dist are one group (shared teacher outputs)
+    driver = ParallelRunner(ExperimentRunner(exp, log=lambda line: None, check=False))
+    local = type("Pool", (), {"name": "local"})()
+
+    def died(number):
+        board = Board(plan, make_groups(plan, exp, Live()), done=[1, 2])
+        group = board.take_ready()
+        assert group.numbers == [3, 4]
+        driver.failed.clear()
+        driver._died(group, number, "its worker died", plan, board, local)
+        return board
+
+    board = died(3)  # killed inside kd: kd fails, dist goes to another worker
+    assert board.failed == {3: "its worker died while it ran"} and board.take_ready().numbers == [4]
+    plan[2].files.result.parent.mkdir(parents=True)
+    plan[2].files.result.write_text("{}")  # kd wrote its result, then the worker died before reporting it
+    board = died(3)
+    assert board.failed == {} and 3 in board.done and board.take_ready().numbers == [4]
+    board = died(None)  # died before saying which run it was on: the first run left fails (no endless retry)
+    assert board.failed == {4: "its worker died while it ran"} and 3 in board.done
+
+
 def test_a_teacher_and_a_baseline_with_one_key_are_two_runs():
     exp = _exp(teachers=[{"name": "cnn_tiny"}], methods=["kd"], seeds=[0])  # teacher == baseline seed 0 config
     plan = expand(exp, "data")

@@ -221,21 +221,24 @@ class ParallelRunner:
             self._died(running.pop(group_id), current.get(group_id), payload, plan, board, pool)
 
     def _died(self, group: Group, number: int | None, reason: str, plan, board: Board, pool) -> None:
-        """A worker died: the run it was in fails (kdlab run again resumes it); its group's other runs go on."""
+        """A worker died: the run it was in fails (kdlab run again resumes it); its group's other runs go on.
+
+        A run whose files say it finished counts as finished, whatever the worker managed to report: it may die
+        after writing a run's result and before telling the driver, and a Ray task reports at its end only."""
         left = [n for n in group.numbers if not board.settled([n])]
-        if pool.name == "ray":  # a Ray task reports at its end only: what finished is what its files say
-            number = None
-            for n in list(left):
-                if _state(plan[n - 1]) == "done":
-                    board.finish(n)
-                    left.remove(n)
+        for n in list(left):
+            if _state(plan[n - 1]) == "done":
+                board.finish(n)
+                left.remove(n)
+        if pool.name == "ray":  # no per-run reports: every run not finished was in the dead task
             for n in left:
                 self._record(board, plan, n, reason)
             return
-        number = number if number in left else (left[0] if left else None)  # always progress: no endless retry
-        if number is not None:
-            self._record(board, plan, number, f"{reason} while it ran")
-            left.remove(number)
+        if number not in board.done:  # (if it is, it died after finishing its run, before starting the next)
+            number = number if number in left else (left[0] if left else None)  # no endless retry
+            if number is not None:
+                self._record(board, plan, number, f"{reason} while it ran")
+                left.remove(number)
         board.requeue(left, group.needs)
 
     def _outcome(self, outcome: RunOutcome, plan: list[RunSpec], board: Board) -> None:
