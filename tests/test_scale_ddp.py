@@ -21,7 +21,8 @@ TIMING = ("img_s", "time_s", "run_dir")
 
 def _train_args(root, out, name):
     return ["train", "model=fixtures_scale:TinyMLP", f"dataset.root={root}", "epochs=4", "dataset.batch_size=32",
-            "optim.warmup_epochs=0.5", f"out_dir={out}", f"name={name}", "progress=false", "device=cpu"]
+            "optim.warmup_epochs=0.5", f"out_dir={out}", f"name={name}", "progress=false", "device=cpu",
+            "precision=fp32"]  # the comparison is of the data and gradient paths: bf16 rounds per rank
 
 
 def _torchrun(args, **popen):
@@ -110,6 +111,7 @@ methods: [kd]
 teacher_schedule: {{epochs: 2}}
 student_schedule: {{epochs: 1}}
 device: cpu
+precision: fp32
 progress: false
 """
 
