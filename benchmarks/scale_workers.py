@@ -61,9 +61,9 @@ def _run(config: Path, name: str, workers: int, threads: int | None = None) -> d
     command = [sys.executable, "-m", "kdlab", "run", str(config), f"name={name}"]
     if workers > 1:
         command.append(f"workers={workers}")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
+        command.append(f"threads={threads}")  # (kdlab's thread policy, not OMP_NUM_THREADS, sets a run's threads)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
@@ -100,6 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(args.out or scratch)
+        out.mkdir(parents=True, exist_ok=True)
         config = out / "bench.yaml"
         config.write_text(EXPERIMENT.format(out=out / "experiments", root=_data(args.data, Path(scratch)),
                                            train=args.train_subset, test=args.test_subset, seeds=args.seeds,
