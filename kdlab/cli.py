@@ -88,11 +88,16 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from kdlab.runner.experiment import ExperimentRunner
-    from kdlab.runner.plan import load_experiment_file
+    from kdlab.runner.experiment_config import load_experiment_file
 
     path, overrides = split_args(args.settings)
     exp = load_experiment_file(path, overrides)
+    if exp.executor == "local" and (exp.workers or 1) > 1:
+        from kdlab.runner.forkserver import start_worker_server
+
+        start_worker_server()  # the workers' imports (torch) run while this process imports its own
+    from kdlab.runner.experiment import ExperimentRunner
+
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
     summary = ExperimentRunner(exp).run()
     report = _report(exp.directory, exp.device)

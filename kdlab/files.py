@@ -15,13 +15,14 @@ import os
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 
 from kdlab.errors import FILE_SYSTEM_ERRORS, CheckpointError, KdlabError
+
+if TYPE_CHECKING:  # (torch loads with the first weights: the command line starts without it)
+    import torch
 
 METADATA_KEY = "kdlab"
 LOW_SPACE = 1 << 20  # bytes: a write that fails with less free space than this failed for want of space
@@ -148,6 +149,8 @@ def write_json(path: str | Path, data: Any) -> None:
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
     """Save tensors as safetensors with ``meta`` (JSON-serializable) under the ``kdlab`` metadata key."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     metadata = {METADATA_KEY: json.dumps(meta or {}, sort_keys=True)}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -155,6 +158,8 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and kdlab metadata of a safetensors file."""
+    from safetensors.torch import load_file
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")

@@ -43,18 +43,28 @@ def _same(a, b):
         assert a[label] == pytest.approx(b[label], abs=0.1), label
 
 
-def _children(pid):
-    """Worker processes of the driver ``pid`` (spawned: their command line runs multiprocessing.spawn)."""
-    found = []
+def _processes() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of every process."""
+    found = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            cmdline = (stat.parent / "cmdline").read_bytes()
-        except OSError:
+            found[int(stat.parent.name)] = (int(fields[1]), (stat.parent / "cmdline").read_bytes())
+        except (OSError, ValueError):
             continue
-        if int(fields[1]) == pid and b"spawn_main" in cmdline:
-            found.append(int(stat.parent.name))
     return found
+
+
+def _servers(pid):
+    """The driver's fork server (its workers' parent)."""
+    return [p for p, (parent, cmdline) in _processes().items() if parent == pid and b"forkserver" in cmdline]
+
+
+def _children(pid):
+    """Worker processes of the driver ``pid``: forked from its fork server (or, spawned, its own children)."""
+    servers = set(_servers(pid))
+    return [p for p, (parent, cmdline) in _processes().items()
+            if parent in servers or (parent == pid and b"spawn_main" in cmdline)]
 
 
 def _alive(pid):
@@ -93,14 +103,14 @@ def test_sigkill_of_the_driver_then_rerun_completes_with_the_same_table(referenc
     base, path, expected = reference
     command, proc = _start(path, "cut")
     _wait_for_student_checkpoint(proc, base / "out" / "cut" / "runs")
-    workers = _children(proc.pid)
+    workers = _children(proc.pid) + _servers(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL and workers
     end = time.time() + 20
     while any(_alive(p) for p in workers) and time.time() < end:
         time.sleep(0.05)
-    assert not any(_alive(p) for p in workers), "a worker outlived the driver"
+    assert not any(_alive(p) for p in workers), "a worker (or the fork server) outlived the driver"
     assert not (base / "out" / "cut" / "summary.json").exists()
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)

@@ -40,11 +40,12 @@ class TestData:
     """
 
     def __init__(self, dataset: dict, device: torch.device, objects: Any = None,
-                 models: dict[str, Callable] | None = None) -> None:
+                 models: dict[str, Callable] | None = None, splits: Any = None) -> None:
         self.cfg: DataConfig = from_dict(DataConfig, dataset, prefix="dataset.")
         self.device = device
         self.objects = objects
         self.models = dict(models or {})
+        self.splits = splits  # the dataset's splits when the caller has them loaded already
         self._loader: BatchLoader | None = None
 
     def load(self, path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
@@ -58,7 +59,7 @@ class TestData:
 
     def loader(self) -> BatchLoader:
         if self._loader is None:
-            splits = load_splits(self.cfg, data=self.objects)
+            splits = self.splits or load_splits(self.cfg, data=self.objects)
             self._loader = make_loader(splits.test, splits.info, self.cfg, train=False, device=self.device)
         return self._loader
 

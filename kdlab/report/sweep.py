@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 from kdlab.report.collect import RunEval
 from kdlab.report.table import format_mean_std, mean_std
@@ -109,6 +108,8 @@ def sweep_markdown(rows: list[dict]) -> str:
 def sweep_figure(rows: list[dict], baseline: dict[str, float], path: Path) -> Path:
     """One panel per hyperparameter: the metric against its value, a line per family and other settings."""
     params = list(dict.fromkeys(p for r in rows for p in _params(r)))
+    from matplotlib.figure import Figure  # (here: a worker process imports this package, and plots nothing)
+
     fig = Figure(figsize=(5.2 * len(params), 4.0))
     for i, param in enumerate(params):
         ax = fig.add_subplot(1, len(params), i + 1)

@@ -24,6 +24,7 @@ from pathlib import Path
 from kdlab.data import load_splits
 from kdlab.errors import KdlabError
 from kdlab.runner.experiment import ExperimentRunner, _describe, _epochs_done, _state, experiment_lock
+from kdlab.runner.forkserver import worker_context
 from kdlab.runner.plan import RunSpec, expand
 from kdlab.runner.schedule import Board, Group, Slot, cpu_cores, make_groups, make_slots, visible_gpus
 from kdlab.runner.teacher_cache import CacheStats
@@ -31,13 +32,13 @@ from kdlab.runner.worker import GroupTask, RunOutcome, Storage, serve, write_mar
 
 
 class LocalPool:
-    """One spawned worker process per slot, each fed one group at a time over its own pipe (a killed worker is
-    noticed by its process sentinel and replaced on the next submit)."""
+    """One worker process per slot (forked from :mod:`kdlab.runner.forkserver`), each fed one group at a time over
+    its own pipe (a killed worker is noticed by its process sentinel and replaced on the next submit)."""
 
     name = "local"
 
     def __init__(self, slots: list[Slot]) -> None:
-        self.ctx = multiprocessing.get_context("spawn")
+        self.ctx = worker_context()
         self.slots = slots
         self.threads = slots[0].threads
         self.size = len(slots)

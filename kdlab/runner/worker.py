@@ -14,10 +14,12 @@ import json
 import logging
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.util
 import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,9 @@ from kdlab.config import to_dict
 from kdlab.console import ensure_logging, log
 from kdlab.data import load_splits
 from kdlab.errors import KdlabError
+from kdlab.engine.device import resolve_device
 from kdlab.engine.host import THREADS_ENV
+from kdlab.report.collect import TestData, evaluate_run
 from kdlab.runner.experiment import ExperimentRunner
 from kdlab.runner.experiment_config import ExperimentConfig
 from kdlab.runner.live import Live
@@ -124,6 +128,8 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
         except Exception as exc:  # noqa: BLE001 - a bug or an out-of-memory fails this run, not the experiment
             log.exception(f"[{number}/{len(task.plan)}] {spec.cfg.name}: failed")
             failed.append({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"})
+        if not failed:
+            _prepare_report(task, spec, splits)
         emit(("run", task.group, RunOutcome(number, spec.key, failed[0]["error"] if failed else None,
                                             runner.stats.as_dict(), runner.trained_seconds,
                                             dict(runner.eta.epoch_seconds),
@@ -132,6 +138,20 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+
+def _prepare_report(task: GroupTask, spec: RunSpec, splits) -> None:
+    """Evaluate a finished run on the test split as the report does (it caches that per run, keyed on the weights and
+    the test data), here, where the data is loaded and a core is the worker's, instead of in the driver at the end.
+    A failure only leaves the evaluation to the report."""
+    if spec.given_checkpoint or not spec.files.finished():
+        return
+    try:
+        data = TestData(to_dict(task.exp.dataset), resolve_device(task.exp.device),
+                        objects=task.live.data.get(task.exp.dataset.name), models=task.live.models, splits=splits)
+        evaluate_run(spec.manifest_run(), spec.files.read_result() or {}, data, log=lambda message: None)
+    except Exception as exc:  # noqa: BLE001 - the report evaluates the run itself, and says what fails
+        log.warning(f"{spec.run_dir.name}: not evaluated for the report here ({type(exc).__name__}: {exc})")
 
 
 def _splits(task: GroupTask, memo: dict):
@@ -159,14 +179,24 @@ def serve(conn: multiprocessing.connection.Connection, slot: Slot) -> None:
         try:
             task = conn.recv()
         except (EOFError, OSError):
-            return
+            task = None
         if task is None:
-            return
+            _leave()
         try:
             run_group(task, conn.send, memo)
             conn.send(("group", task.group, None))
         except StorageError as exc:
             conn.send(("storage", task.group, str(exc)))
+
+
+def _leave() -> None:
+    """End this worker now: its runs' files are written, and tearing down an interpreter that loaded torch and the
+    experiment's data takes most of a second, which the driver would wait for before its report."""
+    multiprocessing.util._exit_function()  # what a process of multiprocessing runs at its end (finalizers, locks)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def ray_task(task: GroupTask) -> list[tuple]:
