@@ -55,15 +55,17 @@ def _processes() -> dict[int, tuple[int, bytes]]:
     return found
 
 
-def _servers(pid):
+def _servers(pid, processes=None):
     """The driver's fork server (its workers' parent)."""
-    return [p for p, (parent, cmdline) in _processes().items() if parent == pid and b"forkserver" in cmdline]
+    processes = processes or _processes()
+    return [p for p, (parent, cmdline) in processes.items() if parent == pid and b"forkserver" in cmdline]
 
 
 def _children(pid):
     """Worker processes of the driver ``pid``: forked from its fork server (or, spawned, its own children)."""
-    servers = set(_servers(pid))
-    return [p for p, (parent, cmdline) in _processes().items()
+    processes = _processes()
+    servers = set(_servers(pid, processes))
+    return [p for p, (parent, cmdline) in processes.items()
             if parent in servers or (parent == pid and b"spawn_main" in cmdline)]
 
 
