@@ -35,7 +35,7 @@ demo: setup
 	$(PY) -m kdlab run
 
 test: setup $(VENV)/.kdlab-test-installed
-	$(PY) -m ruff check kdlab tests benchmarks
+	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 
 bench: setup

@@ -45,7 +45,7 @@ import torch
 try:
     import kdlab  # noqa: F401
 except ImportError:  # run from a checkout without the package installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdlab.batch import Batch  # noqa: E402
 from kdlab.config import OptimConfig  # noqa: E402

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 try:
     import kdlab  # noqa: F401
 except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import kdlab  # noqa: E402
 from kdlab.config import DataConfig  # noqa: E402

@@ -31,7 +31,7 @@ import torch
 try:
     import kdlab  # noqa: F401
 except ImportError:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from kdlab.engine.device import autocast, use_bf16  # noqa: E402
 from kdlab.engine.host import OtherLoad, tune_cpu_allocator  # noqa: E402

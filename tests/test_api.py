@@ -59,13 +59,13 @@ if __name__ == "__main__":
 
 
 def _kdlab(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_own_student_from_a_script_then_eval_in_a_new_process(tmp_path, fmnist, teacher_run):
     (tmp_path / "thatmodule.py").write_text(STUDENT_MODULE)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "KDLAB_NO_PROGRESS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KDLAB_NO_PROGRESS": "1"}
     script = subprocess.run([sys.executable, "thatmodule.py", str(teacher_run.run_dir), str(fmnist), "runs"],
                             capture_output=True, text=True, cwd=tmp_path, env=env)
     assert script.returncode == 0, script.stderr
@@ -224,7 +224,7 @@ def test_adam_channels_and_pad(tmp_path, fmnist):
 def test_import_prints_nothing_and_is_cheap():
     out = subprocess.run([sys.executable, "-c", "import sys, kdlab; print(sorted(m for m in sys.modules "
                           "if m.startswith('torch'))[:1]); print(kdlab.__version__)"],
-                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
     assert out.returncode == 0 and out.stderr == "" and out.stdout.splitlines() == ["[]", kdlab.__version__]
 
 

@@ -278,7 +278,7 @@ def test_the_table_is_large_enough():
 
 
 def _kdlab(*args, prefix=(), cwd=ROOT):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KDLAB_NO_PROGRESS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KDLAB_NO_PROGRESS": "1"}
     return subprocess.run([*prefix, sys.executable, "-m", "kdlab", *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
 
@@ -309,7 +309,7 @@ def _unshare_works() -> bool:
 
 def _in_mount_namespace(setup: str, *args):
     """``kdlab ARGS`` in a private mount namespace after the shell commands ``setup`` (mounts vanish with it)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "KDLAB_NO_PROGRESS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KDLAB_NO_PROGRESS": "1"}
     command = f"{setup} && exec {sys.executable} -m kdlab " + " ".join(f"'{a}'" for a in args)
     return subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, env=env,
                           timeout=300)

@@ -75,7 +75,7 @@ PHASES = ("torn", "before_rename", "after_rename")
 
 
 def _env(**extra):
-    return {**os.environ, "PYTHONPATH": str(ROOT), "KDLAB_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", **extra}
+    return {**os.environ, "PYTHONPATH": str(ROOT / "src"), "KDLAB_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", **extra}
 
 
 def _rows(exp_dir: Path) -> list[dict]:

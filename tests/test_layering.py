@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "kdlab"
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kdlab"
 BASE = {"config", "errors", "registry", "files", "rundir", "plugins", "batch", "console"}
 TOP = {"cli", "api", "experiment"}  # the user-facing layers
 
