@@ -348,7 +348,7 @@ def test_file_system_errors_map_to_one_line_naming_the_path():
 
 
 def test_a_genuine_bug_keeps_its_traceback(monkeypatch, lab):
-    import kdlab.runner.single as single
+    import kdlab.runs.train as single
 
     def broken(*args, **kwargs):
         raise ZeroDivisionError("a bug, not an input problem")

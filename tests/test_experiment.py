@@ -8,9 +8,9 @@ import pytest
 from fixtures_data import make_fashion_mnist
 from kdlab.cli import main
 from kdlab.errors import ConfigError, KdlabError
-from kdlab.runner.experiment import ExperimentRunner, experiment_lock
-from kdlab.runner.plan import default_experiment_path, load_experiment_file
-from kdlab.runner.plan import expand, validate
+from kdlab.experiments.runner import ExperimentRunner, experiment_lock
+from kdlab.experiments.config import default_experiment_path, load_experiment_file
+from kdlab.experiments.plan import expand, validate
 
 SHIPPED = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml")) + [default_experiment_path()]
 
@@ -110,7 +110,7 @@ def test_lock_refuses_a_second_invocation(tiny_experiment):
 
 
 def test_eta_uses_the_speed_of_the_same_kind_of_run_and_counts_the_teacher(tmp_path):
-    from kdlab.runner.eta import Eta
+    from kdlab.experiments.eta import Eta
 
     exp = load_experiment_file(None, [f"out_dir={tmp_path}"])
     plan = expand(exp, "data1")
@@ -141,7 +141,7 @@ def test_a_given_teacher_may_be_a_run_directory(tmp_path):
     for given in (tmp_path / "teacher-run", tmp_path / "teacher-run" / "model.safetensors"):
         exp = load_experiment_file(None, [f"teachers=[{{name: resnet20, checkpoint: {given}}}]"])
         teacher = expand(exp, "data1")[0]
-        assert teacher.checkpoint == str(tmp_path / "teacher-run" / "model.safetensors") and len(teacher.key) == 12
+        assert teacher.model_path == tmp_path / "teacher-run" / "model.safetensors" and len(teacher.key) == 12
     with pytest.raises(ConfigError, match="checkpoint not found"):
         expand(load_experiment_file(None, [f"teachers=[{{name: resnet20, checkpoint: {tmp_path}}}]"]), "data1")
 

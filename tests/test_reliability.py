@@ -15,7 +15,7 @@ from kdlab.cli import main
 from kdlab.config import TrainConfig, from_dict, load_config, to_dict
 from kdlab.errors import ConfigError
 from kdlab.files import load_weights, save_weights, sha256_file
-from kdlab.runner.single import resolve_config
+from kdlab.runs.identity import resolve_config
 
 
 def _train(root, out, *extra):

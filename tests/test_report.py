@@ -22,7 +22,7 @@ from kdlab.report import (ReliabilityBins, build_report, expected_calibration_er
                           format_mean_std, paired_gain, reliability_bins)
 from kdlab.report.efficiency import measure_efficiency
 from kdlab.report.table import mean_std
-from kdlab.runner.single import run
+from kdlab.runs.train import run
 
 SEEDS = (0, 1)
 PRECISION = "fp32"  # the independent check below computes in fp32, as the report does

@@ -11,11 +11,12 @@ from kdlab.data import load_splits, make_loader
 from kdlab.data.shard import rank_slice
 from kdlab.engine import distributed
 from kdlab.errors import ConfigError
-from kdlab.runner.plan import expand, load_experiment, validate
-from kdlab.runner.live import Live
-from kdlab.runner.schedule import Board, logits_only, make_groups, make_slots
-from kdlab.runner.sweep import method_entries, sweep_points
-from kdlab.runner.worker import StorageError, check_storage, write_marker
+from kdlab.experiments.config import load_experiment
+from kdlab.experiments.plan import expand, validate
+from kdlab.runs.live import Live
+from kdlab.scale.groups import Board, logits_only, make_groups, make_slots
+from kdlab.experiments.sweep import method_entries, sweep_points
+from kdlab.scale.worker import StorageError, check_storage, write_marker
 from fixtures_scale import make_learnable_fashion_mnist
 
 EXP = {"name": "u", "dataset": {"name": "fashion_mnist"}, "seeds": [0, 1], "teachers": [{"name": "cnn_small"}],
@@ -39,7 +40,7 @@ def test_a_grid_sweep_expands_into_labelled_entries_with_their_values():
     students = [s for s in plan if s.role == "student" and s.method.startswith("kd[")]
     assert len(students) == 12 and len({s.key for s in students}) == 12
     assert students[0].cfg.method.params["T"] == 1.0
-    assert students[0].manifest_run().labels == {"kd.T": 1, "kd.alpha": 0.5}
+    assert students[0].labels == {"kd.T": 1, "kd.alpha": 0.5}
 
 
 def test_random_sweeps_are_seeded_and_composites_are_namespaced():
@@ -98,8 +99,8 @@ def test_the_board_releases_students_after_their_teacher_and_fails_them_with_it(
 
 
 def test_a_dead_worker_fails_the_run_it_was_in_unless_that_run_had_finished(tmp_path):
-    from kdlab.runner.experiment import ExperimentRunner
-    from kdlab.runner.parallel import ParallelRunner
+    from kdlab.experiments.runner import ExperimentRunner
+    from kdlab.scale.parallel import ParallelRunner
 
     exp = _exp(methods=["kd", "dist"], seeds=[0], out_dir=str(tmp_path))
     plan = expand(exp, "data")  # teacher, baseline, kd, dist: kd and dist are one group (shared teacher outputs)

@@ -20,7 +20,7 @@ _API = {
     "train": ("kdlab.api", "train"),
     "distill": ("kdlab.api", "distill"),
     "evaluate": ("kdlab.api", "evaluate"),
-    "Run": ("kdlab.runner.run", "Run"),
+    "Run": ("kdlab.runs.result", "Run"),
     "Experiment": ("kdlab.experiment", "Experiment"),
     "Report": ("kdlab.experiment", "Report"),
     "export": ("kdlab.export", None),  # the package itself, which is callable: kdlab.export(...) exports

@@ -25,9 +25,19 @@ from torch import nn
 
 from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
 from kdlab.console import ensure_logging, log
+from kdlab.data import load_splits
+from kdlab.data.custom import data_parts
 from kdlab.errors import ConfigError
-from kdlab.runner.live import Live
-from kdlab.runner.run import Run
+from kdlab.files import load_weights
+from kdlab.models import create_model
+from kdlab.models.saved import resolve_checkpoint
+from kdlab.models.weights import load_pretrained
+from kdlab.plugins import object_path
+from kdlab.rundir import weights_file
+from kdlab.runs.evaluate import evaluate_checkpoint, evaluate_module
+from kdlab.runs.live import Live
+from kdlab.runs.result import Run
+from kdlab.runs.train import train_run
 
 __all__ = ["train", "distill", "evaluate", "Run"]
 
@@ -35,8 +45,6 @@ __all__ = ["train", "distill", "evaluate", "Run"]
 def train(model: Any = "resnet20", data: Any = "fashion_mnist", *, method: Any = "ce", teacher: Any = None,
           **settings: Any) -> Run:
     """Train ``model`` (cross-entropy unless ``method`` says otherwise) on ``data``; train-or-load, resumable."""
-    from kdlab.runner.single import train_run
-
     ensure_logging()
     cfg, live, splits = _config(model, data, method, teacher, settings)
     result, trained = train_run(cfg, splits=splits, live=live)
@@ -54,8 +62,6 @@ def distill(student: Any, teacher: Any, method: Any = "kd", data: Any = "fashion
 def evaluate(model: Any, data: Any = None, *, device: str = "auto", **dataset: Any) -> dict:
     """Val and test metrics of a trained model: a :class:`Run`, a run directory / ``.safetensors`` file (evaluated on
     its own data, split and precision), or an ``nn.Module`` with ``data``. ``dataset`` keys override data settings."""
-    from kdlab.runner.single import evaluate_checkpoint, evaluate_module
-
     if isinstance(model, Run):
         return model.evaluate(data, device=device, **dataset)
     if isinstance(model, nn.Module):
@@ -98,16 +104,11 @@ def _model_entry(model: Any, live: Live) -> dict:
 
 
 def _is_checkpoint(path: str | Path) -> bool:
-    from kdlab.rundir import weights_file
-
     return Path(path).exists() and weights_file(path).suffix == ".safetensors"
 
 
 def _checkpoint_entry(path: str | Path) -> dict:
     """Start from a kdlab checkpoint: its architecture, initialized from its weights."""
-    from kdlab.files import load_weights
-    from kdlab.models.saved import resolve_checkpoint
-
     weights = resolve_checkpoint(path)
     _, meta = load_weights(weights)
     if "model" not in meta:
@@ -123,7 +124,6 @@ def _data_entry(data: Any, live: Live) -> dict:
         return {"name": "imagefolder", "root": str(path)} if path.is_dir() else {"name": str(data)}
     if data is None:
         raise ConfigError("data is missing: a dataset name, an image folder or Dataset objects")
-    from kdlab.data.custom import data_parts
 
     train = data_parts(data)["train"]
     name = live.add("data", data, name=_object_name(getattr(train, "dataset", train)))
@@ -131,8 +131,6 @@ def _data_entry(data: Any, live: Live) -> dict:
 
 
 def _object_name(obj: Any) -> str:
-    from kdlab.plugins import object_path
-
     return object_path(obj)
 
 
@@ -155,10 +153,6 @@ def _teacher(teacher: Any, cfg: TrainConfig, live: Live) -> tuple[str, Any]:
         return live.add("teachers", teacher), None
     if isinstance(teacher, Path) or (isinstance(teacher, str) and _looks_like_path(teacher)):
         return str(teacher), None
-    from kdlab.data import load_splits
-    from kdlab.models import create_model
-    from kdlab.models.weights import load_pretrained
-
     entry = {"name": teacher} if isinstance(teacher, str) else dict(teacher)
     name, pretrained = entry.pop("name"), entry.pop("pretrained", None)
     splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))

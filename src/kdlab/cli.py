@@ -39,13 +39,13 @@ def _train_config(args: argparse.Namespace, aliases: dict[str, str] | None = Non
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
-    from kdlab.runner.single import run
+    from kdlab.runs.train import run
 
     return run(_train_config(args))
 
 
 def cmd_distill(args: argparse.Namespace) -> dict:
-    from kdlab.runner.single import run
+    from kdlab.runs.train import run
 
     cfg = _train_config(args, aliases={"student": "model"})
     if cfg.method.name == "ce":
@@ -54,7 +54,7 @@ def cmd_distill(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
-    from kdlab.runner.single import evaluate_checkpoint
+    from kdlab.runs.evaluate import evaluate_checkpoint
 
     import_modules(args.imports)
     _, overrides = split_args(args.settings)
@@ -88,18 +88,18 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
-    from kdlab.runner.experiment_config import load_experiment_file
+    from kdlab.experiments.config import load_experiment_file
 
     path, overrides = split_args(args.settings)
     exp = load_experiment_file(path, overrides)
     if exp.executor == "local" and (exp.workers or 1) > 1:
-        from kdlab.runner.forkserver import start_worker_server
+        from kdlab.scale.forkserver import start_worker_server
 
         start_worker_server()  # the workers' imports (torch) run while this process imports its own
-    from kdlab.runner.experiment import ExperimentRunner
+    from kdlab.scale import run_experiment  # torch: after the fork server has started
 
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
-    summary = ExperimentRunner(exp).run()
+    summary = run_experiment(exp)
     report = _report(exp.directory, exp.device)
     if summary["failed"]:
         first = summary["failed"][0]

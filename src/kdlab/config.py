@@ -227,16 +227,16 @@ def to_dict(obj: Any) -> Any:
 def load_config(cls: type[C], path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> C:
     """``base`` (raw dict) <- YAML file <- ``key=value`` overrides, then validated into ``cls``."""
-    tree: dict = _deep_merge(dict(base or {}), load_yaml(path) if path else {})
+    tree: dict = deep_merge(dict(base or {}), load_yaml(path) if path else {})
     apply_overrides(tree, overrides or [])
     return from_dict(cls, tree)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def deep_merge(a: dict, b: dict) -> dict:
     out = dict(a)
     for key, value in b.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
+            out[key] = deep_merge(out[key], value)
         elif isinstance(out.get(key), dict) and not isinstance(value, (dict, type(None))):
             out[key] = {**out[key], "name": value}
         else:

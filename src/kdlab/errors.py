@@ -37,6 +37,14 @@ class InputShapeError(KdlabError):
     """A model cannot take the images its data gives it (too small, another number of channels)."""
 
 
+class ReportError(KdlabError):
+    """An experiment directory that cannot be reported on (no or malformed manifest, nothing finished)."""
+
+
+class StorageError(KdlabError):
+    """A worker cannot see the experiment directory the driver writes."""
+
+
 # What a failed write or read means to the user, by errno: the file system's state, not a bug of kdlab.
 FILE_SYSTEM_ERRORS = {
     errno.EROFS: "the file system is read-only",

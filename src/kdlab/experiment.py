@@ -12,7 +12,7 @@
 A model given as an ``nn.Module`` starts every one of its runs from a copy of its current weights; data as Dataset
 objects (see :mod:`kdlab.data.custom`), or ``{"data": objects, "batch_size": 32, ...}`` with dataset settings; a
 method as a Method subclass or a loss function. Everything else is what an
-experiment file says (see :mod:`kdlab.runner.plan`), validated the same way.
+experiment file says (see :mod:`kdlab.experiments.plan`), validated the same way.
 """
 
 from __future__ import annotations
@@ -25,10 +25,14 @@ from typing import Any
 
 from torch import nn
 
-from kdlab.config import _deep_merge, load_yaml
+from kdlab.config import deep_merge, load_yaml
 from kdlab.console import ensure_logging, log
-from kdlab.runner.live import Live, ModuleFactory
-from kdlab.runner.plan import ExperimentConfig, default_experiment_path, load_experiment
+from kdlab.data.custom import data_parts
+from kdlab.experiments.config import ExperimentConfig, default_experiment_path, load_experiment
+from kdlab.plugins import object_path
+from kdlab.report import build_report
+from kdlab.runs.live import Live, ModuleFactory
+from kdlab.scale import run_experiment
 
 
 class Experiment:
@@ -37,7 +41,7 @@ class Experiment:
             source = default_experiment_path()
         tree = load_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
         self.live = Live()
-        tree = _deep_merge(tree, {k: v for k, v in settings.items() if k not in _OBJECT_KEYS})
+        tree = deep_merge(tree, {k: v for k, v in settings.items() if k not in _OBJECT_KEYS})
         for key in _OBJECT_KEYS:
             if key in settings:
                 tree[key] = settings[key]
@@ -49,15 +53,11 @@ class Experiment:
 
     def run(self) -> dict:
         """Train or load every run of the plan (resumable; a lock keeps two runs of it apart); returns the summary."""
-        from kdlab.runner.experiment import ExperimentRunner
-
         ensure_logging()
-        return ExperimentRunner(self.config, log=log.info, live=self.live).run()
+        return run_experiment(self.config, log=log.info, live=self.live)
 
     def report(self, device: str = "cpu") -> "Report":
         """Write the comparison report (tables, figures, index.html) and return it."""
-        from kdlab.report import build_report
-
         ensure_logging()
         objects = self.live.data.get(self.config.dataset.name)
         return Report(build_report(self.directory, device=device, log=log.info, data=objects, models=self.live.models))
@@ -103,9 +103,6 @@ def _is_data_dict(data: Any) -> bool:
 
 
 def _data_name(data: Any) -> str:
-    from kdlab.data.custom import data_parts
-    from kdlab.plugins import object_path
-
     train = data_parts(data)["train"]
     return object_path(getattr(train, "dataset", train))
 

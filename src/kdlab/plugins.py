@@ -60,7 +60,7 @@ def import_modules(names: Iterable[str]) -> list[ModuleType]:
 
 def resolve_object(path: str, what: str) -> Any:
     """The object ``module:Name`` (``Name`` may be dotted: ``module:Outer.Inner``) names; an ``@suffix`` that tells
-    two objects of one class apart (see :class:`kdlab.runner.live.Live`) is ignored."""
+    two objects of one class apart (see :class:`kdlab.runs.live.Live`) is ignored."""
     module_name, _, attr = path.partition("@")[0].partition(":")
     obj: Any = import_module(module_name)
     for part in attr.split("."):

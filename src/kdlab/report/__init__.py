@@ -17,7 +17,7 @@ from kdlab.engine.device import resolve_device
 from kdlab.plugins import import_modules
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
-from kdlab.report.manifest import Manifest, ReportError
+from kdlab.expdir import Manifest, ReportError
 from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
 from kdlab.report.scaling import scale_notes
 from kdlab.report.sweep import write_sweep
@@ -87,7 +87,7 @@ def _notes(collected: Collected) -> list[str]:
         if source == "model.safetensors":
             notes.append(f"{run.spec.key}: no best.safetensors (empty validation split), so val-selected = last epoch")
         elif source == "checkpoint":
-            notes.append(f"{run.spec.key}: teacher given as a finished checkpoint ({run.spec.path}), not trained "
+            notes.append(f"{run.spec.key}: teacher given as a finished checkpoint ({run.spec.shown_path}), not trained "
                          "here: its 'val-selected' value is that checkpoint's, and it has no curves or train time")
     notes.append("Every test metric is computed in fp32 from the saved weights, whatever precision the run trained "
                  "in. NLL, ECE (15 equal-width confidence bins), agreement and KL use the last-epoch weights. FLOPs: "

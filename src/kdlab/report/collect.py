@@ -22,7 +22,7 @@ from kdlab.report.calibration import ReliabilityBins, reliability_bins
 from kdlab.rundir import RunDir
 from kdlab.report.evalcache import cache_key, read_cache, read_logits, write_cache
 from kdlab.models.saved import load_model
-from kdlab.report.manifest import ROLES, Manifest, ManifestRun
+from kdlab.expdir import ROLES, Manifest, PlannedRun
 
 Log = Callable[[str], None]
 ECE_BINS = 15
@@ -72,7 +72,7 @@ class TestData:
 class RunEval:
     """A finished run and what was computed from its checkpoints."""
 
-    spec: ManifestRun
+    spec: PlannedRun
     result: dict
     history: list[dict]
     last: dict  # top1, top5, nll, ece, bins (from model.safetensors)
@@ -115,7 +115,7 @@ def confusion_matrix(logits: Tensor, labels: Tensor, num_classes: int) -> Tensor
     return torch.bincount(index, minlength=num_classes * num_classes).view(num_classes, num_classes)
 
 
-def _compute(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
+def _compute(spec: PlannedRun, result: dict, data: TestData, log: Log) -> tuple[dict, dict[str, Tensor]]:
     """Evaluate the last and the val-selected weights of a run on the test split."""
     log(f"evaluating {spec.key} ({spec.model_path.parent.name}) on the test split")
     model, meta = data.load(spec.model_path)
@@ -140,7 +140,7 @@ def _compute(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple
     return metrics, tensors
 
 
-def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> tuple[RunEval, dict[str, Tensor]]:
+def evaluate_run(spec: PlannedRun, result: dict, data: TestData, log: Log) -> tuple[RunEval, dict[str, Tensor]]:
     """A run's metrics (from its cache when the checkpoints are unchanged) and its test logits."""
     key = cache_key(spec.model_path, spec.best_path, data.identity)
     cached = read_cache(spec.run_dir, key)
@@ -164,16 +164,16 @@ class Collected:
     runs: list[RunEval]
     skipped: list[dict]  # {"key", "run_dir", "reason"}: runs not finished (still running, interrupted, failed)
     notes: list[str]
-    diverged: list[ManifestRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
+    diverged: list[PlannedRun] = field(default_factory=list)  # runs stopped by a NaN/inf loss (failure.json)
     errors: list[dict] = field(default_factory=list)  # like skipped: finished runs that could not be evaluated
 
 
-def _finished(spec: ManifestRun) -> tuple[dict | None, str | None]:
+def _finished(spec: PlannedRun) -> tuple[dict | None, str | None]:
     """(result.json, None) for a finished run, else (None, why it is skipped). A finished run (or a given teacher)
     whose files are missing or damaged raises a KdlabError: that is an error of the report, not a skipped run."""
-    if spec.checkpoint is not None:  # a given teacher: nothing was trained here
-        if not spec.checkpoint.is_file():
-            raise KdlabError(f"given checkpoint not found: {spec.checkpoint}")
+    if spec.given_checkpoint is not None:  # a given teacher: nothing was trained here
+        if not spec.given_checkpoint.is_file():
+            raise KdlabError(f"given checkpoint not found: {spec.given_checkpoint}")
         return {}, None
     files = spec.files
     if not files.finished():
@@ -197,7 +197,7 @@ def _configured_teacher(run_dir: Path) -> Path | None:
     return teacher_path if teacher_path.suffix == ".safetensors" else RunDir(teacher_path).model
 
 
-def match_teacher(student: ManifestRun, teachers: list[ManifestRun]) -> ManifestRun | None:
+def match_teacher(student: PlannedRun, teachers: list[PlannedRun]) -> PlannedRun | None:
     """The teacher run a student was distilled from: the checkpoint its config names (by path, then by folder and
     file name, in case the experiment was moved), else the teacher run of the same label and seed, else of the lowest
     seed."""
@@ -218,10 +218,10 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
     order = sorted(manifest.runs, key=lambda r: ROLES.index(r.role))  # stable: the manifest's order within a role
     runs: list[RunEval] = []
     skipped: list[dict] = []
-    diverged: list[ManifestRun] = []
+    diverged: list[PlannedRun] = []
     notes: list[str] = []
     teacher_logits: dict[str, Tensor] = {}
-    finished_teachers: list[ManifestRun] = []
+    finished_teachers: list[PlannedRun] = []
     errors: list[dict] = []
     for spec in order:
         try:
@@ -229,10 +229,10 @@ def collect(manifest: Manifest, data: TestData, log: Log) -> Collected:
             if result is not None:
                 run, tensors = evaluate_run(spec, result, data, log)
         except KdlabError as exc:
-            errors.append({"key": spec.key, "run_dir": spec.path, "reason": str(exc)})
+            errors.append({"key": spec.key, "run_dir": spec.shown_path, "reason": str(exc)})
             continue
         if result is None:
-            skipped.append({"key": spec.key, "run_dir": spec.path, "reason": reason})
+            skipped.append({"key": spec.key, "run_dir": spec.shown_path, "reason": reason})
             if spec.files.read_failure():
                 diverged.append(spec)
             continue
@@ -255,11 +255,11 @@ DEPLOY_KEYS = {"onnx": ("test_top1", "latency_b1_ms", "latency_b64_ms", "size_mb
                         "int8_latency_b1_ms", "int8_latency_b64_ms", "int8_size_mb")}
 
 
-def deploy_metrics(spec: ManifestRun) -> dict:
+def deploy_metrics(spec: PlannedRun) -> dict:
     """What ``kdlab export`` measured of the run's student (``onnx_test_top1``, ``onnx_int8_test_top1``...)."""
     out: dict = {}
     for fmt, keys in DEPLOY_KEYS.items():
-        result = spec.files.read_export(fmt) if spec.checkpoint is None else None
+        result = spec.files.read_export(fmt) if spec.given_checkpoint is None else None
         if result:
             out.update({f"{fmt}_{k}".replace("onnx_int8_", "int8_"): result.get(k) for k in keys})
     return out

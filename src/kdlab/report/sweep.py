@@ -1,7 +1,7 @@
 """The report of a hyperparameter sweep: test top-1 (val-selected) against each swept hyperparameter.
 
 Sweep points are the runs whose manifest row carries ``labels`` (``{"kd.T": 2, "kd.alpha": 0.9}``, written by
-``kdlab.runner.sweep``). A *family* is one (teacher, student, swept method entry); a *point* one setting of its
+``kdlab.experiments.sweep``). A *family* is one (teacher, student, swept method entry); a *point* one setting of its
 hyperparameters. ``sweep.csv`` / ``sweep.md`` hold one row per point (mean ± sample std over seeds of the
 val-selected and the last-epoch test top-1), and ``sweep.png`` one panel per hyperparameter: the metric against
 its value, one line per family and setting of the other hyperparameters, the student's baseline dashed.

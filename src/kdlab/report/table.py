@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from kdlab.report.collect import RunEval
-from kdlab.report.manifest import ROLES, ManifestRun, file_safe
+from kdlab.expdir import ROLES, PlannedRun, file_safe
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
@@ -66,7 +66,7 @@ def _clean(value: Any) -> Any:
 
 
 # -- rows -------------------------------------------------------------------------------------------------------------
-def row_key(run: RunEval | ManifestRun) -> RowKey:
+def row_key(run: RunEval | PlannedRun) -> RowKey:
     spec = run.spec if isinstance(run, RunEval) else run
     return spec.role, spec.teacher if spec.role in ("student", "assistant") else None, spec.student, spec.method
 
@@ -142,11 +142,11 @@ def build_row(key: RowKey, runs: list[RunEval], baseline: list[RunEval] | None, 
 
 
 def build_rows(runs: Sequence[RunEval], efficiency: dict[tuple[str, str], dict], top5: bool,
-               diverged: Sequence[ManifestRun] = ()) -> list[dict]:
+               diverged: Sequence[PlannedRun] = ()) -> list[dict]:
     """The table's rows; each says in ``flags`` how many of its seeds collapsed to chance or diverged (NaN/inf)."""
     groups = group_runs(runs)
     baselines = {k[2]: v for k, v in groups.items() if k[0] == "baseline"}
-    failed: dict[RowKey, list[ManifestRun]] = {}
+    failed: dict[RowKey, list[PlannedRun]] = {}
     for spec in diverged:
         failed.setdefault(row_key(spec), []).append(spec)
     rows = []
@@ -160,7 +160,7 @@ def build_rows(runs: Sequence[RunEval], efficiency: dict[tuple[str, str], dict],
     return rows
 
 
-def _flag(row: dict, runs: Sequence[RunEval], diverged: Sequence[ManifestRun]) -> dict:
+def _flag(row: dict, runs: Sequence[RunEval], diverged: Sequence[PlannedRun]) -> dict:
     total = len(runs) + len(diverged)
     collapsed = sum(1 for r in runs if r.result.get("collapsed"))
     flags = []
@@ -176,7 +176,7 @@ def run_record(run: RunEval) -> dict:
     """One finished run's own numbers (results.json "runs")."""
     spec = run.spec
     return {"key": spec.key, "role": spec.role, "teacher": spec.teacher, "student": spec.student,
-            "method": spec.method, "seed": spec.seed, "model": spec.model, "run_dir": spec.path,
+            "method": spec.method, "seed": spec.seed, "model": spec.model, "run_dir": spec.shown_path,
             "teacher_run": run.teacher_key,
             "test_top1_last": run.last["top1"], "test_top1_selected": run.selected["top1"],
             "test_top5_last": run.last.get("top5"), "test_top5_selected": run.selected.get("top5"),

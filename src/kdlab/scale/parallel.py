@@ -1,10 +1,10 @@
 """``kdlab run ... workers=N`` / ``executor=ray``: the plan's runs at once, in worker processes or as Ray tasks.
 
 The driver (this module) holds the experiment lock, expands the plan, writes the manifest, splits the plan into
-scheduling groups (:mod:`kdlab.runner.schedule`) and hands every group whose teachers have finished to a free
+scheduling groups (:mod:`kdlab.scale.groups`) and hands every group whose teachers have finished to a free
 worker: a local process pinned to its GPU(s) and thread share (:class:`LocalPool`), or a Ray task with its CPU/GPU
-resources (:mod:`kdlab.runner.ray_pool`). Workers run each run through the sequential runner's own path
-(:mod:`kdlab.runner.worker`), so train-or-load by key, exact resume and failure records are the same.
+resources (:mod:`kdlab.scale.ray_pool`). Workers run each run through the sequential runner's own path
+(:mod:`kdlab.scale.worker`), so train-or-load by key, exact resume and failure records are the same.
 
 A run that fails is recorded and the others go on; a worker that dies (killed, out of memory) fails the run it
 was in, its group's other runs go to another worker; a killed driver takes its local workers with it, and
@@ -13,115 +13,19 @@ was in, its group's other runs go to another worker; a killed driver takes its l
 
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.connection
 import pickle
 import shutil
-import signal
 import time
 from pathlib import Path
 
-from kdlab.data import load_splits
 from kdlab.errors import KdlabError
-from kdlab.runner.experiment import ExperimentRunner, _describe, _epochs_done, _state, experiment_lock
-from kdlab.runner.forkserver import worker_context
-from kdlab.runner.plan import RunSpec, expand
-from kdlab.runner.schedule import Board, Group, Slot, cpu_cores, make_groups, make_slots, visible_gpus
-from kdlab.runner.teacher_cache import CacheStats
-from kdlab.runner.worker import GroupTask, RunOutcome, Storage, serve, write_marker
-
-
-class LocalPool:
-    """One worker process per slot (forked from :mod:`kdlab.runner.forkserver`), each fed one group at a time over
-    its own pipe (a killed worker is noticed by its process sentinel and replaced on the next submit)."""
-
-    name = "local"
-
-    def __init__(self, slots: list[Slot]) -> None:
-        self.ctx = worker_context()
-        self.slots = slots
-        self.threads = slots[0].threads
-        self.size = len(slots)
-        self.workers: dict[int, tuple] = {}  # slot index -> (process, connection)
-        self.busy: dict[int, int] = {}  # slot index -> group id
-        for slot in slots:  # all at once: a worker imports torch while another trains the teachers
-            self._start(slot)
-
-    def describe(self) -> str:
-        pinned = {s.devices for s in self.slots if s.devices}
-        where = f"GPU(s) {', '.join(','.join(d) for d in sorted(pinned))}" if pinned else "the CPU"
-        return f"{len(self.slots)} local worker processes on {where}, {self.threads} torch thread(s) each"
-
-    def has_free(self) -> bool:
-        return len(self.busy) < len(self.slots)
-
-    def submit(self, task: GroupTask) -> None:
-        slot = next(s for s in self.slots if s.index not in self.busy)
-        process, conn = self.workers[slot.index]
-        if not process.is_alive():  # it died while idle
-            process, conn = self._start(slot)
-        conn.send(task)
-        self.busy[slot.index] = task.group
-
-    def _start(self, slot: Slot) -> tuple:
-        conn, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=serve, args=(child, slot), name=f"kdlab-worker-{slot.index}")
-        process.start()
-        child.close()
-        self.workers[slot.index] = (process, conn)
-        return process, conn
-
-    def wait(self) -> list[tuple]:
-        """Events of the busy workers (blocks until there is at least one)."""
-        watched = {}
-        for index in self.busy:
-            process, conn = self.workers[index]
-            watched[conn], watched[process.sentinel] = index, index
-        ready = multiprocessing.connection.wait(list(watched))
-        events: list[tuple] = []
-        for index in dict.fromkeys(watched[r] for r in ready):
-            process, conn = self.workers[index]
-            events += self._drain(index, conn)
-            if index in self.busy and not process.is_alive():
-                process.join()
-                events.append(("died", self.busy.pop(index), f"its worker process {process.pid} died "
-                                                             f"({_exit_reason(process.exitcode)})"))
-        return events
-
-    def _drain(self, index: int, conn) -> list[tuple]:
-        events = []
-        try:
-            while conn.poll():
-                event = conn.recv()
-                events.append(event)
-                if event[0] in ("group", "storage"):
-                    self.busy.pop(index, None)
-        except (EOFError, OSError):
-            pass
-        return events
-
-    def close(self, force: bool = False) -> None:
-        for process, conn in self.workers.values():
-            if force:
-                process.kill()
-            else:
-                try:
-                    conn.send(None)
-                except OSError:
-                    pass
-        for process, conn in self.workers.values():
-            process.join(timeout=None if not force else 10)
-            conn.close()
-        self.workers.clear()
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is not None and code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            pass
-    return f"exit code {code}"
+from kdlab.expdir import PlannedRun
+from kdlab.experiments.runner import ExperimentRunner, describe, epochs_done, experiment_lock, run_state
+from kdlab.runs.teacher_cache import CacheStats
+from kdlab.scale.groups import Board, Group, cpu_cores, make_groups, make_slots, visible_gpus
+from kdlab.scale.local_pool import LocalPool
+from kdlab.scale.ray_pool import RayPool
+from kdlab.scale.worker import GroupTask, RunOutcome, Storage, write_marker
 
 
 class ParallelRunner:
@@ -150,24 +54,20 @@ class ParallelRunner:
             return self.base.summarize(len(plan), time.perf_counter() - started, self.failed,
                                        executor=self.exp.executor, workers=self.workers)
 
-    def _plan(self) -> tuple[list[RunSpec], Board, Storage]:
+    def _plan(self) -> tuple[list[PlannedRun], Board, Storage]:
         """The plan (manifest written), its board (finished runs known), the storage marker."""
-        splits = load_splits(self.exp.dataset, data=self.live.data.get(self.exp.dataset.name))
-        plan = expand(self.exp, splits.fingerprint, self.live)
-        self.base._write_manifest(plan)
+        plan = self.base.prepare(check=False).plan
         storage = write_marker(self.base.dir)
-        done = [n for n, s in enumerate(plan, 1) if _state(s) == "done"]
+        done = [n for n, s in enumerate(plan, 1) if run_state(s) == "done"]
         board = Board(plan, make_groups(plan, self.exp, self.live), done)
         for number, spec in enumerate(plan, 1):
             if number in board.done:
-                self.log(f"[{number}/{len(plan)}] {_describe(spec)}: "
+                self.log(f"[{number}/{len(plan)}] {describe(spec)}: "
                          f"{'given checkpoint' if spec.given_checkpoint else 'done'}")
         return plan, board, storage
 
-    def _execute(self, plan: list[RunSpec], board: Board, storage: Storage, pool=None) -> None:
+    def _execute(self, plan: list[PlannedRun], board: Board, storage: Storage, pool=None) -> None:
         if pool is None:
-            from kdlab.runner.ray_pool import RayPool
-
             pool = RayPool(self.exp, self.log)
         self.workers = pool.size  # None: as many Ray tasks as the cluster's resources allow
         self.log(f"running {sum(len(g.numbers) for g in board.waiting)} runs in {pool.describe()}")
@@ -187,7 +87,7 @@ class ParallelRunner:
                              f"module, use executor=ray (cloudpickle), or workers=1") from None
         return LocalPool(make_slots(self.exp, visible_gpus(), cpu_cores(), self.log))
 
-    def _loop(self, pool, plan: list[RunSpec], board: Board, storage: Storage) -> None:
+    def _loop(self, pool, plan: list[PlannedRun], board: Board, storage: Storage) -> None:
         running: dict[int, Group] = {}
         current: dict[int, int] = {}  # group id -> the plan number its worker is on
         while True:
@@ -228,7 +128,7 @@ class ParallelRunner:
         after writing a run's result and before telling the driver, and a Ray task reports at its end only."""
         left = [n for n in group.numbers if not board.settled([n])]
         for n in list(left):
-            if _state(plan[n - 1]) == "done":
+            if run_state(plan[n - 1]) == "done":
                 board.finish(n)
                 left.remove(n)
         if pool.name == "ray":  # no per-run reports: every run not finished was in the dead task
@@ -242,7 +142,7 @@ class ParallelRunner:
                 left.remove(number)
         board.requeue(left, group.needs)
 
-    def _outcome(self, outcome: RunOutcome, plan: list[RunSpec], board: Board) -> None:
+    def _outcome(self, outcome: RunOutcome, plan: list[PlannedRun], board: Board) -> None:
         base = self.base
         base.stats.add(CacheStats(**outcome.stats))
         base.trained_seconds += outcome.trained_seconds
@@ -257,14 +157,14 @@ class ParallelRunner:
         self._discard_caches(plan, board, spec)
         self._progress(plan, board)
 
-    def _record(self, board: Board, plan: list[RunSpec], number: int, error: str, logged: bool = False) -> None:
+    def _record(self, board: Board, plan: list[PlannedRun], number: int, error: str, logged: bool = False) -> None:
         spec = plan[number - 1]
         board.finish(number, error)
         self.failed.append({"key": spec.key, "run_dir": str(spec.run_dir), "error": error})
         if not logged:
-            self.log(f"[{number}/{len(plan)}] {_describe(spec)}: failed: {error}")
+            self.log(f"[{number}/{len(plan)}] {describe(spec)}: failed: {error}")
 
-    def _discard_caches(self, plan: list[RunSpec], board: Board, spec: RunSpec) -> None:
+    def _discard_caches(self, plan: list[PlannedRun], board: Board, spec: PlannedRun) -> None:
         """A teacher's cached logits for a seed go once every run of that seed distilled from it has settled."""
         if self.exp.keep_teacher_cache or spec.teacher_run is None:
             return
@@ -274,9 +174,9 @@ class ParallelRunner:
             for directory in self._caches.pop(key, set()):
                 shutil.rmtree(Path(directory), ignore_errors=True)
 
-    def _progress(self, plan: list[RunSpec], board: Board) -> None:
+    def _progress(self, plan: list[PlannedRun], board: Board) -> None:
         left = [plan[n - 1] for n in board.left()]
-        eta = self.base.eta.left(left, _epochs_done)
+        eta = self.base.eta.left(left, epochs_done)
         eta = eta / max(1, self.workers or 1) if eta else None
         self.log(f"{len(plan) - len(left)}/{len(plan)} runs settled ({len(board.failed)} failed)"
                  + (f", ETA experiment ~{eta / 60:.1f} min" if eta else ""))

@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 
 from kdlab.errors import ConfigError
-from kdlab.runner.experiment_config import ExperimentConfig, MethodEntry
+from kdlab.experiments.config import ExperimentConfig, MethodEntry
 
 
 def method_entries(exp: ExperimentConfig) -> list[tuple[MethodEntry, dict]]:

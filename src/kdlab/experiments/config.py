@@ -9,10 +9,10 @@
     methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot, {name: kd, label: takd, via: ta}]
     teacher_schedule: {epochs: 10, optim: {lr: 0.1}}
     student_schedule: {epochs: 5}
-    sweep: {kd.T: [1, 2, 4, 8]}                        # optional: one labelled kd entry per value (kdlab.runner.sweep)
-    workers: 4                                          # optional: runs at once (kdlab.runner.parallel); ddp: 2 ...
+    sweep: {kd.T: [1, 2, 4, 8]}                        # optional: one labelled kd entry per value (experiments.sweep)
+    workers: 4                                          # optional: runs at once (kdlab.scale.parallel); ddp: 2 ...
 
-How an experiment expands into runs is :mod:`kdlab.runner.plan`'s.
+How an experiment expands into runs is :mod:`kdlab.experiments.plan`'s.
 """
 
 from __future__ import annotations
@@ -92,14 +92,14 @@ class ExperimentConfig:
     keep_teacher_cache: bool = False  # keep the cached logits on disk after a seed's runs are done
     export: list[str] = field(default_factory=list)  # e.g. [onnx]: export, verify (and int8) every student
     export_int8: bool = True  # with onnx: also the int8 model, its accuracy, size and latency ("deployable accuracy")
-    # Scale out (kdlab.runner.parallel, kdlab.runner.ddp): none of these changes a run's key or result
+    # Scale out (kdlab.scale.parallel, kdlab.scale.ddp): none of these changes a run's key or result
     workers: Optional[int] = None  # runs at once in worker processes; None: 1 locally, as the Ray cluster allows
     workers_per_device: int = 1  # workers that may share one GPU (pack small runs); caps workers at GPUs x this
     cpus_per_worker: Optional[int] = None  # torch threads (Ray: CPUs) per worker; None: this machine's cores/workers
     executor: Literal["local", "ray"] = "local"  # local worker processes, or Ray tasks on a cluster
     ray_address: Optional[str] = None  # executor=ray: "auto", "ray://host:10001", host:port; None: a local Ray
     ddp: int = 1  # processes (GPUs) per run with DistributedDataParallel; dataset.batch_size stays the global batch
-    # Sweeps (kdlab.runner.sweep): {kd.T: [1, 2, 4]} expands a method entry into one labelled entry per point
+    # Sweeps (kdlab.experiments.sweep): {kd.T: [1, 2, 4]} expands a method entry into one labelled entry per point
     sweep: dict = field(default_factory=dict)
     sweep_samples: int = 0  # > 0: that many random points (seeded by sweep_seed) instead of the whole grid
     sweep_seed: int = 0

@@ -24,13 +24,14 @@ import torch
 from kdlab.console import log
 from kdlab.engine import distributed
 from kdlab.errors import KdlabError
-from kdlab.runner import single
-from kdlab.runner.experiment import ExperimentRunner
-from kdlab.runner.experiment_config import ExperimentConfig
-from kdlab.runner.live import Live
-from kdlab.runner.plan import RunSpec
-from kdlab.runner.teacher_cache import CacheStats
-from kdlab.runner.worker import exit_with_parent, prefix_logging
+from kdlab.data import Splits
+from kdlab.expdir import PlannedRun
+from kdlab.experiments.config import ExperimentConfig
+from kdlab.experiments.runner import TrainOne, teacher_cache_factory, train_here
+from kdlab.runs.live import Live
+from kdlab.runs.teacher_cache import CacheStats
+from kdlab.runs.train import run as train_single
+from kdlab.scale.process import exit_with_parent, prefix_logging
 
 
 @dataclass
@@ -44,8 +45,14 @@ class RankCache:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def run_ddp(exp: ExperimentConfig, spec: RunSpec, live: Live, opened: list) -> None:
-    """Train ``spec`` over ``exp.ddp`` processes; raises KdlabError (one line) when a rank fails."""
+def trainer_for(exp: ExperimentConfig) -> TrainOne:
+    """How the experiment's runs train: over ``ddp`` processes each, or in the calling process."""
+    return run_ddp if exp.ddp > 1 else train_here
+
+
+def run_ddp(exp: ExperimentConfig, spec: PlannedRun, live: Live, opened: list, splits: Splits | None = None) -> None:
+    """Train ``spec`` over ``exp.ddp`` processes (each loads its own data: ``splits`` is not used); raises KdlabError
+    (one line) when a rank fails."""
     world = exp.ddp
     ctx = multiprocessing.get_context("spawn")
     messages = ctx.SimpleQueue()
@@ -90,7 +97,7 @@ def _join(ranks: list) -> None:
                 return
 
 
-def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: RunSpec, live: Live, threads: int,
+def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: PlannedRun, live: Live, threads: int,
                messages) -> None:
     exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launching process's: it stops the ranks
@@ -100,10 +107,10 @@ def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: Ru
     torch.set_num_threads(threads)
     prefix_logging(f"[rank {rank}] ")
     opened: list = []
-    factory = ExperimentRunner(exp, live=live, check=False)._cache_factory(spec, opened)
-    ranked = (lambda loader, teacher: factory(loader, teacher, f"-r{rank}of{world}")) if factory is not None else None
+    ranked = teacher_cache_factory(exp, spec, opened, suffix=f"-r{rank}of{world}")
+    assert spec.cfg is not None
     try:
-        single.run(spec.cfg, teacher_cache=ranked, live=live)
+        train_single(spec.cfg, teacher_cache=ranked, live=live)
         messages.put(("ok", rank, [(str(c.directory), c.stats.as_dict()) for c in opened]))
     except KdlabError as exc:
         messages.put(("error", rank, str(exc)))

@@ -18,8 +18,8 @@ from __future__ import annotations
 from typing import Callable
 
 from kdlab.errors import KdlabError
-from kdlab.runner.experiment_config import ExperimentConfig
-from kdlab.runner.worker import GroupTask, ray_task
+from kdlab.experiments.config import ExperimentConfig
+from kdlab.scale.worker import GroupTask, ray_task
 
 UNLIMITED = 1 << 30
 

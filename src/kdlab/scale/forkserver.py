@@ -17,7 +17,7 @@ import multiprocessing
 import multiprocessing.context
 import multiprocessing.forkserver
 
-PRELOAD = ["kdlab.runner.worker"]
+PRELOAD = ["kdlab.scale.worker"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext:

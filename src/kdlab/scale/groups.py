@@ -17,9 +17,9 @@ from typing import Iterable, Optional
 from kdlab.errors import ConfigError
 from kdlab.methods.base import Method
 from kdlab.methods.factory import method_class
-from kdlab.runner.experiment_config import ExperimentConfig
-from kdlab.runner.live import Live
-from kdlab.runner.plan import RunSpec
+from kdlab.experiments.config import ExperimentConfig
+from kdlab.runs.live import Live
+from kdlab.expdir import PlannedRun
 
 
 @dataclass
@@ -41,7 +41,7 @@ def logits_only(method: str, live: Live) -> bool:
     return any(p.reads_teacher_logits is not Method.reads_teacher_logits for p in parts)
 
 
-def make_groups(plan: list[RunSpec], exp: ExperimentConfig, live: Live) -> list[Group]:
+def make_groups(plan: list[PlannedRun], exp: ExperimentConfig, live: Live) -> list[Group]:
     """The plan's groups, in plan order of their first run. Runs are named by plan position, not by key: a teacher
     and a baseline with the same config have the same key but are two runs."""
     position = {id(spec): number for number, spec in enumerate(plan, 1)}
@@ -66,7 +66,7 @@ def make_groups(plan: list[RunSpec], exp: ExperimentConfig, live: Live) -> list[
 class Board:
     """Which groups wait, which may start, which runs (by plan position) finished or failed."""
 
-    def __init__(self, plan: list[RunSpec], groups: list[Group], done: Iterable[int] = ()) -> None:
+    def __init__(self, plan: list[PlannedRun], groups: list[Group], done: Iterable[int] = ()) -> None:
         self.plan = plan
         self.done: set[int] = set(done) | {n for n, s in enumerate(plan, 1) if s.given_checkpoint}
         self.failed: dict[int, str] = {}  # plan position -> error

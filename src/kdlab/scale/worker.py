@@ -1,4 +1,4 @@
-"""What a worker does: run one scheduling group (kdlab.runner.schedule) of an experiment's plan, run by run.
+"""What a worker does: run one scheduling group (kdlab.scale.groups) of an experiment's plan, run by run.
 
 The same code serves a local worker process (:func:`serve`, one per slot, fed groups over a pipe) and a Ray task
 (:func:`ray_task`). Each run goes through the sequential runner's own path (train-or-load by key, exact resume, the
@@ -20,7 +20,6 @@ import secrets
 import signal
 import socket
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -31,21 +30,19 @@ from kdlab import files
 from kdlab.config import to_dict
 from kdlab.console import ensure_logging, log
 from kdlab.data import load_splits
-from kdlab.errors import KdlabError
+from kdlab.errors import StorageError
 from kdlab.engine.device import resolve_device
 from kdlab.engine.host import THREADS_ENV
 from kdlab.report.collect import TestData, evaluate_run
-from kdlab.runner.experiment import ExperimentRunner
-from kdlab.runner.experiment_config import ExperimentConfig
-from kdlab.runner.live import Live
-from kdlab.runner.plan import RunSpec
-from kdlab.runner.schedule import Slot
+from kdlab.experiments.runner import ExperimentRunner
+from kdlab.experiments.config import ExperimentConfig
+from kdlab.runs.live import Live
+from kdlab.expdir import PlannedRun
+from kdlab.scale.ddp import trainer_for
+from kdlab.scale.groups import Slot
+from kdlab.scale.process import exit_with_parent, prefix_logging
 
 MARKER = ".kdlab-storage"
-
-
-class StorageError(KdlabError):
-    """A worker cannot see the experiment directory the driver writes."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +79,7 @@ def check_storage(storage: Storage) -> None:
 class GroupTask:
     group: int
     numbers: list[int]  # 1-based plan positions to run, in order
-    plan: list[RunSpec]
+    plan: list[PlannedRun]
     exp: ExperimentConfig
     live: Live
     storage: Storage
@@ -100,15 +97,6 @@ class RunOutcome:
     caches: list[str]  # teacher-cache directories the run opened
 
 
-class GroupRunner(ExperimentRunner):
-    """The sequential runner's per-run path, in a worker (the driver has validated the experiment and logs the ETA)."""
-
-    show_eta = False
-
-    def __init__(self, exp: ExperimentConfig, live: Live) -> None:
-        super().__init__(exp, log=log.info, live=live, check=False)
-
-
 Emit = Callable[[tuple], None]
 
 
@@ -121,10 +109,12 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
     for number in task.numbers:
         spec = task.plan[number - 1]
         emit(("started", task.group, number))
-        runner = GroupRunner(task.exp, task.live)
+        # the sequential runner's per-run path (the driver has validated the experiment and logs the ETA)
+        runner = ExperimentRunner(task.exp, log=log.info, live=task.live, check=False, train_one=trainer_for(task.exp),
+                                  show_eta=False)
         failed: list[dict] = []
         try:
-            runner._run_or_record(number, task.plan, spec, splits, failed)
+            runner.run_or_record(number, task.plan, spec, splits, failed)
         except Exception as exc:  # noqa: BLE001 - a bug or an out-of-memory fails this run, not the experiment
             log.exception(f"[{number}/{len(task.plan)}] {spec.cfg.name}: failed")
             failed.append({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"})
@@ -133,14 +123,14 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
         emit(("run", task.group, RunOutcome(number, spec.key, failed[0]["error"] if failed else None,
                                             runner.stats.as_dict(), runner.trained_seconds,
                                             dict(runner.eta.epoch_seconds),
-                                            [str(c.directory) for c in runner._caches])))
+                                            [str(c.directory) for c in runner.caches])))
         del runner
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
 
-def _prepare_report(task: GroupTask, spec: RunSpec, splits) -> None:
+def _prepare_report(task: GroupTask, spec: PlannedRun, splits) -> None:
     """Evaluate a finished run on the test split as the report does (it caches that per run, keyed on the weights and
     the test data), here, where the data is loaded and a core is the worker's, instead of in the driver at the end.
     A failure only leaves the evaluation to the report."""
@@ -149,7 +139,7 @@ def _prepare_report(task: GroupTask, spec: RunSpec, splits) -> None:
     try:
         data = TestData(to_dict(task.exp.dataset), resolve_device(task.exp.device),
                         objects=task.live.data.get(task.exp.dataset.name), models=task.live.models, splits=splits)
-        evaluate_run(spec.manifest_run(), spec.files.read_result() or {}, data, log=lambda message: None)
+        evaluate_run(spec, spec.files.read_result() or {}, data, log=lambda message: None)
     except Exception as exc:  # noqa: BLE001 - the report evaluates the run itself, and says what fails
         log.warning(f"{spec.run_dir.name}: not evaluated for the report here ({type(exc).__name__}: {exc})")
 
@@ -210,22 +200,3 @@ def ray_task(task: GroupTask) -> list[tuple]:
     except StorageError as exc:
         events.append(("storage", task.group, str(exc)))
     return events
-
-
-def exit_with_parent() -> None:
-    """End this process as soon as the process that started it is gone (a killed driver leaves no worker training)."""
-    parent = multiprocessing.parent_process()
-    if parent is None:
-        return
-
-    def watch() -> None:
-        multiprocessing.connection.wait([parent.sentinel])
-        os._exit(1)
-
-    threading.Thread(target=watch, name="kdlab-parent-watch", daemon=True).start()
-
-
-def prefix_logging(prefix: str) -> None:
-    ensure_logging(application=True)
-    for handler in log.handlers:
-        handler.setFormatter(logging.Formatter(prefix + "%(message)s"))

@@ -10,9 +10,11 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from kdlab.config import TrainConfig
+from kdlab.config import DataConfig, TrainConfig, from_dict, to_dict
+from kdlab.models.saved import load_model
 from kdlab.rundir import RunDir
-from kdlab.runner.live import Live
+from kdlab.runs.evaluate import evaluate_checkpoint, evaluate_module
+from kdlab.runs.live import Live
 
 SHOWN_METRICS = ("test_top1", "selected_test_top1", "val_top1", "test_loss", "epochs", "train_time_s")
 
@@ -59,16 +61,11 @@ class Run:
     def model(self) -> nn.Module:
         """The trained student (last epoch), in eval mode; loaded from the run directory when it was not trained now."""
         if self._model is None:
-            from kdlab.models.saved import load_model
-
             self._model, _ = load_model(self.files.model, torch.device("cpu"), factories=self._live.models)
         return self._model.eval()
 
     def evaluate(self, data: Any = None, device: str = "auto", **dataset: Any) -> dict:
         """Val/test metrics of the saved student on its own data (or ``data``), as :func:`kdlab.evaluate`."""
-        from kdlab.runner.single import evaluate_checkpoint, evaluate_module
-        from kdlab.config import DataConfig, from_dict, to_dict
-
         live_data = self._live.data.get(self.config.dataset.name)
         if data is None and live_data is None:
             return evaluate_checkpoint(str(self.run_dir), dataset, device)

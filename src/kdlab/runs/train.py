@@ -1,14 +1,11 @@
 """One training run from a ``TrainConfig``: data, models, method, engine, run directory.
 
-Train-or-load: a run directory that already holds a finished run with the same config returns its result; an
-interrupted one resumes from its last checkpoint; one that holds a *different* config is refused (it is never
-overwritten).
+Train-or-load: a run directory that already holds a finished run with the same identity (:mod:`kdlab.runs.identity`)
+returns its result; an interrupted one resumes from its last checkpoint; one that holds another is refused.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
 import shutil
@@ -22,10 +19,9 @@ import torch
 import yaml
 
 import kdlab
-from kdlab.config import DataConfig, TrainConfig, check_plain_name, from_dict, to_dict
-from kdlab.console import log
-from kdlab.data import Splits, load_splits, make_loader
 from kdlab import files
+from kdlab.config import TrainConfig, to_dict
+from kdlab.data import Splits, load_splits, make_loader
 from kdlab.engine import distributed
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
@@ -33,94 +29,13 @@ from kdlab.engine.inference import fold_batchnorm
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, TeacherCache, Trainer
 from kdlab.errors import ConfigError
-from kdlab.data import DATASETS
-from kdlab.methods import build_method, parse_method_params
+from kdlab.methods import build_method
 from kdlab.models import create_model
 from kdlab.models.probe import check_forward
-from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS, canonical_kwargs
-from kdlab.models.saved import load_model, model_meta, resolve_checkpoint
+from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
-from kdlab.plugins import import_modules, module_names
-from kdlab.rundir import RunDir
-from kdlab.runner.live import Live, plugin_identity
-
-
-def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
-    """Import the config's plug-ins, check every name and hyperparameter (one-line errors, before any data is read),
-    and write the method's hyperparameters out in full: ``method.T=4`` where 4 is the default is the same config."""
-    import_modules(cfg.imports)
-    live = live or Live()
-    check_plain_name(cfg.name, "name")
-    if cfg.model.name not in live.models and not cfg.model.name.startswith(EXTERNAL_PREFIXES):
-        MODELS.get(cfg.model.name)
-    if cfg.dataset.name not in live.data:
-        DATASETS.get(cfg.dataset.name)
-    method = live.methods.get(cfg.method.name, cfg.method.name)
-    params = parse_method_params(method, cfg.method.params)
-    if cfg.epochs < 1:
-        raise ConfigError("config key 'epochs': must be at least 1")
-    model = replace(cfg.model, kwargs=canonical_kwargs(cfg.model.name, cfg.model.kwargs))
-    return replace(cfg, model=model, method=replace(cfg.method, params=to_dict(params)))
-
-
-def default_run_name(cfg: TrainConfig) -> str:
-    return f"{cfg.model.name}-{cfg.method.name}-{cfg.dataset.name}-s{cfg.seed}".replace(":", "_").replace("/", "_")
-
-
-def run_dir_for(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
-
-
-# Config keys that do not decide a run's result: where it is written (a moved or copied run directory is the same run),
-# the display, and the teacher's path (its weights' hash is compared, in identity.json)
-_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher")
-
-
-def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool = False) -> dict | None:
-    """The finished result if ``run_dir`` already holds this run (its weights verified against their checksums);
-    refuse a directory holding another run (another config, or the same config over other plug-in code, teacher or
-    initial weights), unless that run stopped before its first checkpoint: then nothing of it is kept (its files are
-    removed when ``locked``, i.e. by the process that holds the directory's lock)."""
-    files_ = RunDir(run_dir)
-    previous = files_.read_config()
-    if previous is None:
-        return None
-    now = to_dict(cfg)
-    changed = sorted(_diff_keys(*({k: v for k, v in c.items() if k not in _NOT_IDENTITY} for c in (previous, now))))
-    if not changed:
-        before = _read_identity(files_)
-        changed = [f"identity.{k}" for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
-    if changed and not files_.finished() and not files_.latest.is_file():
-        if locked:
-            log.info(f"{run_dir} holds a run that stopped before its first checkpoint; starting it over")
-            _clear_unstarted(files_)
-        return None
-    if changed:
-        raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])}); "
-                          f"set name=... or out_dir=... for a new run")
-    if files_.finished():
-        files_.check_finished()
-    return files_.read_result()
-
-
-def _clear_unstarted(files_: RunDir) -> None:
-    """The files a run that never reached its first checkpoint may have left, which must not mix with the next one."""
-    for path in (files_.best, files_.failure, files_.metrics, files_.metrics_csv, files_.identity, files_.config):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(files_.checkpoints, ignore_errors=True)
-
-
-def _read_identity(files_: RunDir) -> dict:
-    try:
-        return json.loads(files_.identity.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
+from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_identity, saved_imports
+from kdlab.runs.live import Live
 
 
 def environment() -> dict:
@@ -157,27 +72,6 @@ def load_teacher(name: str, info, device: torch.device, live: Live) -> torch.nn.
                           f"{meta.get('in_channels')} channels; this dataset has {info.num_classes} and "
                           f"{info.in_channels}")
     return teacher
-
-
-def teacher_identity(name: str | None, live: Live) -> str | None:
-    """What the teacher is: a live module's hash, or the sha256 of its weights file."""
-    if name is None:
-        return None
-    if name in live.hashes:
-        return live.hashes[name]
-    path = resolve_checkpoint(name)
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def run_identity(cfg: TrainConfig, live: Live) -> dict:
-    """What decides a run's result besides its config: plug-in code, given objects, the teacher's weights."""
-    names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
-    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher_identity(cfg.teacher, live)}
-
-
-def saved_imports(cfg: TrainConfig) -> list[str]:
-    """Modules a new process must import to rebuild this run's model: the config's imports and the model's module."""
-    return list(dict.fromkeys([*cfg.imports, *module_names([cfg.model.name])]))
 
 
 def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[..., TeacherCache] | None = None,
@@ -305,60 +199,3 @@ def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: Tr
     if teacher is not None:
         check_forward(teacher, batch.images, f"teacher {cfg.teacher}")
     method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
-
-
-def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: str = "auto") -> dict:
-    """Evaluate a saved student (a run directory or a ``.safetensors`` file) on its dataset's val and test splits, as
-    the run did: the same data settings (subset, validation split) and precision, unless ``overrides`` say otherwise."""
-    device = resolve_device(device_name)
-    _check_saved(Path(path))
-    model, meta = load_model(path, device)
-    data_cfg = from_dict(DataConfig, {**meta.get("dataset", {}), **(overrides or {})}, prefix="dataset.")
-    splits = load_splits(data_cfg)
-    _check_fits(meta, splits.info, path)
-    probe = make_loader(splits.test if len(splits.test) else splits.val, splits.info, data_cfg, train=False,
-                        device=device)
-    if probe.num_samples:
-        check_forward(model, next(iter(probe)).images, str(path))
-    bf16 = meta.get("precision") == "bf16" and use_bf16("auto", device)
-    result: dict = {"epochs": meta.get("epoch"), "run_dir": str(Path(path).parent if Path(path).is_file() else path),
-                    "model": meta.get("model"), "precision": "bf16" if bf16 else "fp32"}
-    return {**result, **_evaluate_splits(model, splits, data_cfg, device, bf16)}
-
-
-def _check_saved(path: Path) -> None:
-    """A run directory, or a weights file of one, whose checksum (recorded when the run finished) no longer matches is
-    refused (see :meth:`RunDir.check_finished`)."""
-    run = RunDir(path if path.is_dir() else path.parent)
-    if path.is_dir() or run.checksums.is_file():
-        run.check_finished(None if path.is_dir() else path)
-
-
-def evaluate_module(model: torch.nn.Module, data_cfg: DataConfig, live: Live, device_name: str = "auto",
-                    precision: str = "auto") -> dict:
-    """Val and test metrics of a module on the data ``data_cfg`` names (``live`` holds Dataset objects)."""
-    device = resolve_device(device_name)
-    splits = load_splits(data_cfg, data=live.data.get(data_cfg.name))
-    bf16 = use_bf16(precision, device)
-    model = model.to(device).eval()
-    return {"model": type(model).__name__, "precision": "bf16" if bf16 else "fp32",
-            **_evaluate_splits(model, splits, data_cfg, device, bf16)}
-
-
-def _check_fits(meta: dict, info, path) -> None:
-    if meta.get("in_channels") != info.in_channels or meta.get("num_classes") != info.num_classes:
-        raise ConfigError(f"{path} takes {meta.get('in_channels')}-channel images of {meta.get('num_classes')} "
-                          f"classes; this data has {info.in_channels} channel(s) and {info.num_classes} classes "
-                          f"(dataset.channels=... repeats grey images)")
-
-
-def _evaluate_splits(model, splits: Splits, data_cfg: DataConfig, device: torch.device, bf16: bool) -> dict:
-    from kdlab.engine.evaluate import evaluate
-
-    result: dict = {}
-    for split in ("val", "test"):
-        loader = make_loader(getattr(splits, split), splits.info, data_cfg, train=False, device=device)
-        if loader.num_samples:
-            metrics = evaluate(model, loader, device, bf16)
-            result.update({f"{split}_{k}": v for k, v in metrics.items() if k != "n"})
-    return result

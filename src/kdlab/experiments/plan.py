@@ -1,4 +1,4 @@
-"""The plan of runs an experiment (:mod:`kdlab.runner.experiment_config`) expands to, and their keys.
+"""The plan of runs an experiment (:mod:`kdlab.experiments.config`) expands to, and their keys.
 
 One teacher run per teacher (trained once, with ``teacher_seed``); for TAKD chains, one assistant run per assistant and
 teacher (distilled from the teacher with the assistant's ``method``, default ``kd``, with ``teacher_seed``); then per
@@ -11,55 +11,19 @@ and how it is displayed), its teacher's key, the data fingerprint and the source
 from __future__ import annotations
 
 import hashlib
-import json
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Literal, Optional
 
-from kdlab.config import MethodConfig, ModelConfig, TrainConfig, check_plain_name, to_dict
+from kdlab.config import MethodConfig, ModelConfig, TrainConfig, check_plain_name
 from kdlab.errors import ConfigError
+from kdlab.expdir import ExperimentDir, PlannedRun
+from kdlab.experiments.config import ExperimentConfig, MethodEntry, ModelEntry, Schedule
+from kdlab.experiments.sweep import method_entries
 from kdlab.methods.factory import method_class
 from kdlab.plugins import import_modules
-from kdlab.report.manifest import ManifestRun
-from kdlab.rundir import RunDir, weights_file
-from kdlab.runner.experiment_config import (ExperimentConfig, MethodEntry, ModelEntry, Schedule,  # noqa: F401
-                                           default_experiment_path, load_experiment, load_experiment_file)
-from kdlab.runner.live import Live, plugin_identity
-from kdlab.runner.sweep import method_entries
-
-
-@dataclass
-class RunSpec:
-    """One run of the plan."""
-
-    role: Literal["teacher", "assistant", "baseline", "student"]
-    student: str  # label of this run's model (the teacher's label for a teacher run)
-    method: str  # method label ("ce" for teachers and baselines)
-    seed: int
-    cfg: TrainConfig
-    key: str = ""
-    teacher: Optional[str] = None  # label of the teacher distilled from
-    teacher_run: Optional["RunSpec"] = None
-    given_checkpoint: Optional[str] = None  # a teacher supplied as a finished checkpoint
-    labels: dict = field(default_factory=dict)  # swept hyperparameters of a sweep point (kdlab.runner.sweep)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.cfg.out_dir) / str(self.cfg.name)
-
-    @property
-    def files(self) -> RunDir:
-        return RunDir(self.run_dir)
-
-    @property
-    def checkpoint(self) -> str:
-        return self.given_checkpoint or str(self.files.model)
-
-    def manifest_run(self) -> ManifestRun:
-        given = Path(self.given_checkpoint) if self.given_checkpoint else None
-        return ManifestRun(key=self.key, role=self.role, teacher=self.teacher, student=self.student,
-                           method=self.method, seed=self.seed, run_dir=self.run_dir, model=self.cfg.model.name,
-                           path=str(given or self.run_dir), checkpoint=given, labels=dict(self.labels))
+from kdlab.rundir import weights_file
+from kdlab.runs.identity import resolve_config, run_key
+from kdlab.runs.live import Live, plugin_identity
 
 
 def _check_labels(entries: list, what: str) -> None:
@@ -118,47 +82,44 @@ def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, 
         progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch)
 
 
-def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str, plugins: dict | None = None) -> str:
-    """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
-    plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
-    payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "imports"):
-        payload.pop(volatile)
-    identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
-    if plugins:
-        identity["plugins"] = plugins
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+def _planned(role: str, student: str, method: str, seed: int, cfg: TrainConfig,
+             teacher_run: PlannedRun | None = None, labels: dict | None = None) -> PlannedRun:
+    return PlannedRun(key="", role=role, student=student, method=method, seed=seed, run_dir=Path(cfg.out_dir),
+                      model=cfg.model.name, teacher=teacher_run.student if teacher_run else None,
+                      labels=dict(labels or {}), cfg=cfg, teacher_run=teacher_run)
 
 
-def _keyed(spec: RunSpec, data_fingerprint: str, live: Live) -> RunSpec:
-    from kdlab.runner.single import resolve_config
-
-    spec.cfg = resolve_config(spec.cfg, live)
+def _keyed(spec: PlannedRun, data_fingerprint: str, live: Live) -> PlannedRun:
+    """Resolve the run's config, key it by its identity and name its directory after its key."""
+    assert spec.cfg is not None
+    cfg = spec.cfg = resolve_config(spec.cfg, live)
     teacher_key = spec.teacher_run.key if spec.teacher_run else None
-    names = [spec.cfg.model.name, spec.cfg.dataset.name, *spec.cfg.method.name.split("+")]
-    spec.key = run_key(spec.cfg, teacher_key, data_fingerprint, plugin_identity(spec.cfg.imports, names, live))
+    names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
+    spec.key = run_key(cfg, teacher_key, data_fingerprint, plugin_identity(cfg.imports, names, live))
     parts = [spec.role, spec.student, spec.method] + ([f"from-{spec.teacher}"] if spec.teacher else [])
     safe = "-".join(parts).replace("/", "_").replace(":", "_").replace("+", "_")
-    spec.cfg.name = f"{safe}-s{spec.seed}-{spec.key[:8]}"
+    cfg.name = f"{safe}-s{spec.seed}-{spec.key[:8]}"
+    spec.run_dir = Path(cfg.out_dir) / cfg.name
     if spec.teacher_run is not None:
-        spec.cfg.teacher = spec.teacher_run.checkpoint
+        cfg.teacher = str(spec.teacher_run.model_path)
     return spec
 
 
-def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str, live: Live) -> RunSpec:
+def _teacher_spec(exp: ExperimentConfig, entry: ModelEntry, fingerprint: str, live: Live) -> PlannedRun:
     cfg = _train_config(exp, entry, exp.teacher_schedule, None, exp.teacher_seed)
-    given = str(weights_file(entry.checkpoint)) if entry.checkpoint else None  # as on the command line
-    spec = RunSpec("teacher", entry.display, "ce", exp.teacher_seed, cfg, given_checkpoint=given)
-    if given:
-        path = Path(given)
+    spec = _planned("teacher", entry.display, "ce", exp.teacher_seed, cfg)
+    if entry.checkpoint:
+        path = weights_file(entry.checkpoint)  # as on the command line
         if not path.is_file() and fingerprint != "validate":
             raise ConfigError(f"teacher {entry.display!r}: checkpoint not found: {path}")
         spec.key = hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.is_file() else "given"
+        spec.given_checkpoint, spec.run_dir = path, ExperimentDir(exp.directory).given_cache(spec.key)
         return spec
     return _keyed(spec, fingerprint, live)
 
 
-def _assistant_specs(exp: ExperimentConfig, teachers: list[RunSpec], fingerprint: str, live: Live) -> list[RunSpec]:
+def _assistant_specs(exp: ExperimentConfig, teachers: list[PlannedRun], fingerprint: str,
+                     live: Live) -> list[PlannedRun]:
     """TAKD's assistants: each distilled from each teacher (with its ``method``, default kd), with ``teacher_seed``."""
     specs = []
     schedule = exp.assistant_schedule or exp.student_schedule
@@ -166,13 +127,12 @@ def _assistant_specs(exp: ExperimentConfig, teachers: list[RunSpec], fingerprint
         method = entry.method or MethodEntry(name="kd")
         for teacher in teachers:
             cfg = _train_config(exp, entry, schedule, method, exp.teacher_seed, exp.teacher_views)
-            spec = RunSpec("assistant", entry.display, method.display, exp.teacher_seed, cfg, teacher=teacher.student,
-                           teacher_run=teacher)
+            spec = _planned("assistant", entry.display, method.display, exp.teacher_seed, cfg, teacher_run=teacher)
             specs.append(_keyed(spec, fingerprint, live))
     return specs
 
 
-def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = None) -> list[RunSpec]:
+def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = None) -> list[PlannedRun]:
     """All runs, in the order they should run: teachers, assistants, then per seed the baselines and the students."""
     live = live or Live()
     teachers = [_teacher_spec(exp, t, data_fingerprint, live) for t in exp.teachers]
@@ -182,14 +142,13 @@ def expand(exp: ExperimentConfig, data_fingerprint: str, live: Live | None = Non
     for seed in exp.seeds:
         for student in exp.students:
             base = _train_config(exp, student, exp.student_schedule, None, seed, exp.teacher_views)
-            plan.append(_keyed(RunSpec("baseline", student.display, "ce", seed, base), data_fingerprint, live))
+            plan.append(_keyed(_planned("baseline", student.display, "ce", seed, base), data_fingerprint, live))
             for method, labels in methods:
                 sources: list = teachers if _needs_teacher(method.name, live) else [None]
                 if method.via is not None:
                     sources = [a for a in assistants if a.student == method.via]
                 for teacher in sources:
                     cfg = _train_config(exp, student, exp.student_schedule, method, seed, exp.teacher_views)
-                    spec = RunSpec("student", student.display, method.display, seed, cfg,
-                                   teacher=teacher.student if teacher else None, teacher_run=teacher, labels=labels)
+                    spec = _planned("student", student.display, method.display, seed, cfg, teacher, labels)
                     plan.append(_keyed(spec, data_fingerprint, live))
     return plan
