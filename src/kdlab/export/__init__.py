@@ -34,9 +34,9 @@ import kdlab
 from kdlab import files
 from kdlab.errors import KdlabError
 from kdlab.rundir import EXPORT_RESULT
-from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, torch_runner
+from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, torch_predictor
 from kdlab.export.source import Source, load_source
-from kdlab.export.verify import (VERIFY_IMAGES, agreement, check_fp32, evaluate_runner, latencies, reference)
+from kdlab.export.verify import (VERIFY_IMAGES, agreement, check_fp32, evaluate_predictor, latencies, reference)
 from kdlab.export.quantize import CALIBRATION_IMAGES, INT8_MAX_DROP
 
 RESULT_FILE = EXPORT_RESULT
@@ -120,9 +120,9 @@ def _fp32(source: Source, fmt: str, path: Path, device: torch.device, verify_ima
     unverified = path.with_name(f".{path.stem}.unverified{path.suffix}")
     try:  # only a verified file takes the model's name
         facts = spec.write(module, example, unverified, _metadata(source, fmt), **extra)
-        runner = spec.load(unverified, threads)
-        check = check_fp32(runner, pixels, ref, f"the {fmt} export of {source.weights}")
-        metrics, logits = evaluate_runner(runner, source.batches("test"))
+        predictor = spec.load(unverified, threads)
+        check = check_fp32(predictor, pixels, ref, f"the {fmt} export of {source.weights}")
+        metrics, logits = evaluate_predictor(predictor, source.batches("test"))
         os.replace(unverified, path)
     finally:
         unverified.unlink(missing_ok=True)
@@ -133,21 +133,21 @@ def _fp32(source: Source, fmt: str, path: Path, device: torch.device, verify_ima
     else:
         runtime = f"torch {torch.__version__} CPU"
     result = {**facts, **check, **metrics, "file": str(path), "size_mb": path.stat().st_size / 1e6,
-              "runtime": runtime, **latencies(runner, source.input_shape),
-              **latencies(torch_runner(module), source.input_shape, prefix="torch_")}
+              "runtime": runtime, **latencies(predictor, source.input_shape),
+              **latencies(torch_predictor(module), source.input_shape, prefix="torch_")}
     return result, logits
 
 
 def _int8(source: Source, fp32: dict, fp32_logits, path: Path, threads: int, calibration_images: int,
           max_drop: float) -> dict:
-    from kdlab.export.formats import onnx_runner
+    from kdlab.export.formats import onnx_predictor
     from kdlab.export.quantize import calibration_pixels, check_int8, quantize_onnx
 
     name = source.meta.get("model", "model")
     facts = quantize_onnx(Path(fp32["file"]), path, calibration_pixels(source, calibration_images), name)
     try:
-        runner = onnx_runner(path, threads)
-        metrics, logits = evaluate_runner(runner, source.batches("test"))
+        predictor = onnx_predictor(path, threads)
+        metrics, logits = evaluate_predictor(predictor, source.batches("test"))
         result = {**facts, "int8_file": str(path), "int8_size_mb": path.stat().st_size / 1e6,
                   **{f"int8_{k}": v for k, v in {**metrics, **agreement(logits, fp32_logits)}.items()
                      if k != "test_n"}}
@@ -155,7 +155,7 @@ def _int8(source: Source, fp32: dict, fp32_logits, path: Path, threads: int, cal
     except BaseException:
         path.unlink(missing_ok=True)  # no unverified int8 model is left to be shipped
         raise
-    return {**result, **latencies(runner, source.input_shape, prefix="int8_")}
+    return {**result, **latencies(predictor, source.input_shape, prefix="int8_")}
 
 
 def export(source: str | Path, format: str = "onnx", out: str | Path | None = None, int8: bool = False,

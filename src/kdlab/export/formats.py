@@ -40,7 +40,7 @@ ONNX_OPSET = 18
 INPUT_NAME, OUTPUT_NAME = "pixels", "logits"
 MAX_BATCH = 1 << 16
 QUIET_LOGGERS = ("torch.onnx", "torch.export", "torch.__trace", "torch.fx", "torch._dynamo", "onnxscript")
-Runner = Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, C, H, W] -> float32 logits [N, K]
+Predictor = Callable[[np.ndarray], np.ndarray]  # float32 pixels [N, C, H, W] -> float32 logits [N, K]
 
 
 @contextlib.contextmanager
@@ -192,7 +192,7 @@ def ort_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def onnx_runner(path: Path, threads: int) -> Runner:
+def onnx_predictor(path: Path, threads: int) -> Predictor:
     session = ort_session(path, threads)
     name = session.get_inputs()[0].name
     return lambda x: session.run(None, {name: x})[0]
@@ -211,10 +211,10 @@ def write_torchscript(module: nn.Module, example: Tensor, path: Path, metadata: 
     return {}
 
 
-def torchscript_runner(path: Path, threads: int) -> Runner:
+def torchscript_predictor(path: Path, threads: int) -> Predictor:
     with quiet():
         module = torch.jit.load(str(path), map_location="cpu")
-    return _torch_runner(module)
+    return _torch_predictor(module)
 
 
 def write_exported_program(module: nn.Module, example: Tensor, path: Path, metadata: dict[str, str]) -> dict:
@@ -230,22 +230,22 @@ def write_exported_program(module: nn.Module, example: Tensor, path: Path, metad
     return {}
 
 
-def exported_program_runner(path: Path, threads: int) -> Runner:
+def exported_program_predictor(path: Path, threads: int) -> Predictor:
     with quiet():
         module = torch.export.load(str(path)).module()
-    return _torch_runner(module)
+    return _torch_predictor(module)
 
 
-def _torch_runner(module: Callable[[Tensor], Tensor]) -> Runner:
+def _torch_predictor(module: Callable[[Tensor], Tensor]) -> Predictor:
     def run(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
             return module(torch.from_numpy(x)).float().numpy()
     return run
 
 
-def torch_runner(module: nn.Module) -> Runner:
-    """The eager PyTorch module as a runner (the reference the exports are timed against)."""
-    return _torch_runner(module.eval())
+def torch_predictor(module: nn.Module) -> Predictor:
+    """The eager PyTorch module as a predictor (the reference the exports are timed against)."""
+    return _torch_predictor(module.eval())
 
 
 @dataclass(frozen=True)
@@ -253,13 +253,13 @@ class Format:
     name: str
     filename: str
     write: Callable[..., dict]  # (module, example, path, metadata) -> extra facts (opset, exporter)
-    load: Callable[[Path, int], Runner]  # (path, threads) -> runner
+    load: Callable[[Path, int], Predictor]  # (path, threads) -> predictor
 
 
 FORMATS: dict[str, Format] = {
-    "onnx": Format("onnx", "model.onnx", write_onnx, onnx_runner),
-    "torchscript": Format("torchscript", "model.pt", write_torchscript, torchscript_runner),
-    "exported-program": Format("exported-program", "model.pt2", write_exported_program, exported_program_runner),
+    "onnx": Format("onnx", "model.onnx", write_onnx, onnx_predictor),
+    "torchscript": Format("torchscript", "model.pt", write_torchscript, torchscript_predictor),
+    "exported-program": Format("exported-program", "model.pt2", write_exported_program, exported_program_predictor),
 }
 
 

@@ -1,4 +1,4 @@
-"""Checks of an exported model against PyTorch, its test metrics, and CPU latency of any runner.
+"""Checks of an exported model against PyTorch, its test metrics, and CPU latency of any predictor.
 
 Agreement: the exported file (given pixels in [0, 1]) and the PyTorch student (given the loader's normalized images,
 exactly as ``kdlab eval`` runs it) on the same real test images. A float32 export must match to
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from kdlab.errors import KdlabError
-from kdlab.export.formats import Runner
+from kdlab.export.formats import Predictor
 
 FP32_RTOL = 1e-3
 VERIFY_IMAGES = 256
@@ -37,8 +37,8 @@ def reference(source, limit: int = VERIFY_IMAGES, device: str | torch.device = "
     return np.concatenate(pixels), np.concatenate(logits)
 
 
-def run_batched(runner: Runner, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([runner(np.ascontiguousarray(pixels[i:i + batch])) for i in range(0, len(pixels), batch)])
+def run_batched(predictor: Predictor, pixels: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([predictor(np.ascontiguousarray(pixels[i:i + batch])) for i in range(0, len(pixels), batch)])
 
 
 def agreement(logits: np.ndarray, ref: np.ndarray) -> dict[str, float]:
@@ -47,10 +47,10 @@ def agreement(logits: np.ndarray, ref: np.ndarray) -> dict[str, float]:
             "top1_agreement": 100.0 * float((logits.argmax(1) == ref.argmax(1)).mean())}
 
 
-def check_fp32(runner: Runner, pixels: np.ndarray, ref: np.ndarray, what: str) -> dict[str, float]:
+def check_fp32(predictor: Predictor, pixels: np.ndarray, ref: np.ndarray, what: str) -> dict[str, float]:
     """Agreement of an fp32 export with PyTorch; a :class:`KdlabError` past the tolerance."""
-    found = agreement(run_batched(runner, pixels), ref)
-    one = runner(np.ascontiguousarray(pixels[:1]))  # the dynamic batch axis, at batch 1 too
+    found = agreement(run_batched(predictor, pixels), ref)
+    one = predictor(np.ascontiguousarray(pixels[:1]))  # the dynamic batch axis, at batch 1 too
     found["max_abs_diff"] = max(found["max_abs_diff"], float(np.abs(one - ref[:1]).max()))
     tolerance = FP32_RTOL * max(1.0, float(np.abs(ref).max()))
     if not found["max_abs_diff"] <= tolerance:  # also catches NaN
@@ -59,13 +59,14 @@ def check_fp32(runner: Runner, pixels: np.ndarray, ref: np.ndarray, what: str) -
     return {**found, "tolerance": tolerance, "verify_images": len(ref)}
 
 
-def evaluate_runner(runner: Runner, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, np.ndarray]:
-    """top-1 (%), ECE (%) and the number of images of ``runner`` over the test split, and its logits."""
+def evaluate_predictor(predictor: Predictor,
+                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, np.ndarray]:
+    """top-1 (%), ECE (%) and the number of images of ``predictor`` over the test split, and its logits."""
     from kdlab.report.calibration import expected_calibration_error
 
     logits, labels = [], []
     for x, y in batches:
-        logits.append(runner(np.ascontiguousarray(x.numpy())))
+        logits.append(predictor(np.ascontiguousarray(x.numpy())))
         labels.append(y)
     out = torch.from_numpy(np.concatenate(logits)).float()
     target = torch.cat(labels)
@@ -74,23 +75,23 @@ def evaluate_runner(runner: Runner, batches: Iterable[tuple[torch.Tensor, torch.
     return {"test_top1": top1, "test_ece": ece, "test_n": len(target)}, out.numpy()
 
 
-def latency_ms(runner: Runner, input_shape: Sequence[int], batch: int, warmup: int = 3, iters: int = 30,
+def latency_ms(predictor: Predictor, input_shape: Sequence[int], batch: int, warmup: int = 3, iters: int = 30,
                budget_s: float = 2.0) -> float:
     """Median wall time (ms) of one pass of ``batch`` random pixels after ``warmup`` untimed passes (as
     :func:`kdlab.report.efficiency.latency_ms`: at least one timed pass, at most ``budget_s`` of timing)."""
     x = np.random.default_rng(0).random((batch, *input_shape), dtype=np.float32)
     for _ in range(warmup):
-        runner(x)
+        predictor(x)
     times: list[float] = []
     while len(times) < iters and (not times or sum(times) < budget_s):
         start = time.perf_counter()
-        runner(x)
+        predictor(x)
         times.append(time.perf_counter() - start)
     return 1000.0 * statistics.median(times)
 
 
-def latencies(runner: Runner, input_shape: Sequence[int], prefix: str = "",
+def latencies(predictor: Predictor, input_shape: Sequence[int], prefix: str = "",
               batches: Sequence[int] = (1, 64)) -> dict[str, float]:
     """``{prefix}latency_b<N>_ms`` for each batch size (more warm-up and passes at batch 1, where a pass is short)."""
-    return {f"{prefix}latency_b{b}_ms": latency_ms(runner, input_shape, b, warmup=10 if b == 1 else 2,
+    return {f"{prefix}latency_b{b}_ms": latency_ms(predictor, input_shape, b, warmup=10 if b == 1 else 2,
                                                    iters=100 if b == 1 else 20) for b in batches}

@@ -1,4 +1,4 @@
-"""How a plan runs in parallel: scheduling groups, their dependencies, and the workers' devices and thread shares.
+"""How a plan runs in parallel: run groups, their dependencies, and the workers' devices and thread shares.
 
 A *group* is a list of runs one worker executes in plan order. Every run is its own group, except the runs that
 would share a teacher's cached logits: the logits-only methods distilled from one teacher (or assistant) with one

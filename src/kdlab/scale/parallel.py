@@ -1,7 +1,7 @@
 """``kdlab run ... workers=N`` / ``executor=ray``: the plan's runs at once, in worker processes or as Ray tasks.
 
 The driver (this module) holds the experiment lock, expands the plan, writes the manifest, splits the plan into
-scheduling groups (:mod:`kdlab.scale.groups`) and hands every group whose teachers have finished to a free
+run groups (:mod:`kdlab.scale.groups`) and hands every group whose teachers have finished to a free
 worker: a local process pinned to its GPU(s) and thread share (:class:`LocalPool`), or a Ray task with its CPU/GPU
 resources (:mod:`kdlab.scale.ray_pool`). Workers run each run through the sequential runner's own path
 (:mod:`kdlab.scale.worker`), so train-or-load by key, exact resume and failure records are the same.

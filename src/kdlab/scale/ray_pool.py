@@ -1,4 +1,4 @@
-"""``executor=ray``: the plan's scheduling groups as Ray tasks on a Ray cluster (``pip install 'kdlab[ray]'``).
+"""``executor=ray``: the plan's run groups as Ray tasks on a Ray cluster (``pip install 'kdlab[ray]'``).
 
 ``ray_address`` connects to an existing cluster (``auto``, ``ray://head:10001``, ``head:6379``); without one a local
 Ray starts on the loopback address (and is shut down at the end), unless this process already runs one. Each group

@@ -1,4 +1,4 @@
-"""What a worker does: run one scheduling group (kdlab.scale.groups) of an experiment's plan, run by run.
+"""What a worker does: run one run group (kdlab.scale.groups) of an experiment's plan, run by run.
 
 The same code serves a local worker process (:func:`serve`, one per slot, fed groups over a pipe) and a Ray task
 (:func:`ray_task`). Each run goes through the sequential runner's own path (train-or-load by key, exact resume, the
