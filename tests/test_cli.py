@@ -5,6 +5,8 @@ import json
 import subprocess
 import sys
 
+from pathlib import Path
+
 import pytest
 
 from fixtures_data import make_fashion_mnist
@@ -55,8 +57,9 @@ def test_train_then_eval_then_load(tmp_path, fmnist, capsys):
     trained = _last_json(capsys.readouterr().out)
     assert {"test_top1", "test_loss", "epochs", "run_dir"} <= set(trained) and trained["epochs"] == 2
     run_dir = trained["run_dir"]
+    assert Path(run_dir).name.startswith("cnn_tiny-ce-fashion_mnist-s0-")  # + 8 hex of the run's identity
     for name in ("config.yaml", "meta.json", "metrics.jsonl", "model.safetensors", "best.safetensors", "result.json"):
-        assert (tmp_path / "cnn_tiny-ce-fashion_mnist-s0" / name).is_file(), name
+        assert (Path(run_dir) / name).is_file(), name
     assert main(["eval", run_dir, "device=cpu"]) == 0
     evaluated = _last_json(capsys.readouterr().out)
     assert evaluated["test_top1"] == pytest.approx(trained["test_top1"], abs=1e-6)
@@ -64,9 +67,13 @@ def test_train_then_eval_then_load(tmp_path, fmnist, capsys):
     # the same command again loads the finished run instead of retraining it
     assert main(_tiny(fmnist, tmp_path)) == 0
     assert _last_json(capsys.readouterr().out) == trained
-    # a different config never overwrites it
-    assert main(_tiny(fmnist, tmp_path, "optim.lr=0.01")) == 2
-    assert "different config" in capsys.readouterr().err
+    assert evaluated["data_unchanged"] is True
+    # a different config is another run, under another automatic name; it never overwrites this one
+    assert main(_tiny(fmnist, tmp_path, "optim.lr=0.01", "epochs=1")) == 0
+    assert _last_json(capsys.readouterr().out)["run_dir"] != run_dir
+    # ... and under a fixed name it is refused, naming what changed
+    assert main(_tiny(fmnist, tmp_path, f"name={Path(run_dir).name}", "optim.lr=0.01")) == 2
+    assert "different config (optim.lr)" in capsys.readouterr().err
 
 
 def test_list_and_console_script(fmnist):
@@ -80,6 +87,6 @@ def test_selected_metrics_without_per_epoch_test_eval(tmp_path, fmnist, capsys):
     assert main(_tiny(fmnist, tmp_path, "eval_test_every_epoch=false", "dataset.val_ratio=0.3")) == 0
     result = _last_json(capsys.readouterr().out)
     assert result["selected_test_top1"] is not None and 0 <= result["selected_test_top1"] <= 100
-    metrics = (tmp_path / "cnn_tiny-ce-fashion_mnist-s0" / "metrics.jsonl").read_text()
+    metrics = (Path(result["run_dir"]) / "metrics.jsonl").read_text()
     rows = [json.loads(x) for x in metrics.split("\n") if x]
     assert "test_top1" not in rows[0] and "test_top1" in rows[-1]

@@ -33,7 +33,7 @@ from kdlab.models import create_model
 from kdlab.models.saved import resolve_checkpoint
 from kdlab.models.weights import load_pretrained
 from kdlab.plugins import object_path
-from kdlab.rundir import weights_file
+from kdlab.rundir import is_checkpoint
 from kdlab.runs.evaluate import evaluate_checkpoint, evaluate_module
 from kdlab.runs.live import Live
 from kdlab.runs.result import Run
@@ -96,15 +96,12 @@ def _model_entry(model: Any, live: Live) -> dict:
         return {"name": live.add("models", model)}
     if isinstance(model, dict):
         return dict(model)
-    if isinstance(model, (str, Path)) and _is_checkpoint(model):
+    if isinstance(model, (str, Path)) and is_checkpoint(model):
         return _checkpoint_entry(model)
     if isinstance(model, str):
         return {"name": model}
     raise ConfigError(f"model must be a name, a config dict, a checkpoint or an nn.Module; got {type(model).__name__}")
 
-
-def _is_checkpoint(path: str | Path) -> bool:
-    return Path(path).exists() and weights_file(path).suffix == ".safetensors"
 
 
 def _checkpoint_entry(path: str | Path) -> dict:

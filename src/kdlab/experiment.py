@@ -31,7 +31,9 @@ from kdlab.data.custom import data_parts
 from kdlab.experiments.config import ExperimentConfig, default_experiment_path, load_experiment
 from kdlab.plugins import object_path
 from kdlab.report import build_report
+from kdlab.rundir import RunDir, is_checkpoint, weights_file
 from kdlab.runs.live import Live, ModuleFactory
+from kdlab.runs.result import Run
 from kdlab.scale import run_experiment
 
 
@@ -65,8 +67,8 @@ class Experiment:
     # -- Python objects -> names ---------------------------------------------------------------------------------------
     def _named(self, tree: dict) -> dict:
         tree = dict(tree)
-        for key in ("teachers", "students"):
-            tree[key] = [self._model(entry) for entry in tree.get(key) or []]
+        tree["teachers"] = [self._model(self._trained(entry)) for entry in tree.get("teachers") or []]
+        tree["students"] = [self._model(entry) for entry in tree.get("students") or []]
         tree["methods"] = [self._method(entry) for entry in tree.get("methods") or []]
         data = tree.get("dataset")
         if isinstance(data, dict) and "data" in data:  # {"data": Dataset objects, <dataset settings>}
@@ -75,6 +77,21 @@ class Experiment:
         elif data is not None and not isinstance(data, (str, dict)) or _is_data_dict(data):
             tree["dataset"] = {"name": self.live.add("data", data, name=_data_name(data))}
         return tree
+
+    def _trained(self, entry: Any) -> Any:
+        """A trained teacher given as a :class:`Run`, a run directory or a checkpoint file: used as is
+        (``checkpoint:``), its model rebuilt from this process's object where the run trained one."""
+        if isinstance(entry, Run):
+            if entry.has_live_model:  # its checkpoint names an object of this process, which no import rebuilds
+                self.live.add("models", entry.model, name=entry.config.model.name,
+                              factory=ModuleFactory(entry.model, fresh_copy=True))
+            return {"name": entry.config.model.name, "label": f"{entry.config.model.name}-trained",
+                    "checkpoint": str(entry.files.model)}
+        if isinstance(entry, (str, Path)) and is_checkpoint(entry):
+            config = RunDir(Path(entry) if Path(entry).is_dir() else Path(entry).parent).read_config() or {}
+            name = str((config.get("model") or {}).get("name") or Path(entry).stem)
+            return {"name": name, "label": Path(entry).name, "checkpoint": str(weights_file(entry))}
+        return entry
 
     def _model(self, entry: Any) -> Any:
         if isinstance(entry, nn.Module):
@@ -96,6 +113,7 @@ class Experiment:
 
 
 _OBJECT_KEYS = ("teachers", "students", "methods", "dataset")
+
 
 
 def _is_data_dict(data: Any) -> bool:

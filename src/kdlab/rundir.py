@@ -35,6 +35,12 @@ def weights_file(path: str | Path) -> Path:
     return path / MODEL_FILE if path.is_dir() else path
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a kdlab checkpoint: a run directory holding ``model.safetensors``, or a ``.safetensors``
+    file (a registered model's name is neither)."""
+    return Path(path).exists() and weights_file(path).suffix == ".safetensors" and weights_file(path).is_file()
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path

@@ -30,8 +30,8 @@ def check_plan(plan: list[PlannedRun], splits: Splits, live: Live) -> None:
     checked: set[str] = set()
     for spec in plan:
         if spec.given_checkpoint:
-            teacher = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live)
-            if images is not None:
+            teacher, view = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live)
+            if images is not None and view is None:  # (with a view it sees its own input; checked as it trains)
                 check_forward(teacher, images, f"teacher {spec.student!r} ({spec.given_checkpoint})")
             continue
         if spec.files.finished():

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
 
 from kdlab.config import DataConfig, from_dict
+from kdlab.console import log
 from kdlab.data import Splits, load_splits, make_loader
 from kdlab.engine.device import resolve_device, use_bf16
 from kdlab.engine.evaluate import evaluate
@@ -31,9 +33,24 @@ def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: s
     if probe.num_samples:
         check_forward(model, next(iter(probe)).images, str(path))
     bf16 = meta.get("precision") == "bf16" and use_bf16("auto", device)
-    result: dict = {"epochs": meta.get("epoch"), "run_dir": str(Path(path).parent if Path(path).is_file() else path),
-                    "model": meta.get("model"), "precision": "bf16" if bf16 else "fp32"}
+    run_dir = Path(path).parent if Path(path).is_file() else Path(path)
+    result: dict = {"epochs": meta.get("epoch"), "run_dir": str(run_dir), "model": meta.get("model"),
+                    "precision": "bf16" if bf16 else "fp32", "data_unchanged": None}
+    trained_on = _trained_fingerprint(run_dir)
+    if trained_on is not None and not overrides:
+        result["data_unchanged"] = trained_on == splits.fingerprint
+        if not result["data_unchanged"]:
+            log.warning(f"{run_dir}: the data on disk is not the data this run trained on (its fingerprint "
+                        f"{splits.fingerprint} differs from the recorded {trained_on}): these are new numbers")
     return {**result, **_evaluate_splits(model, splits, data_cfg, device, bf16)}
+
+
+def _trained_fingerprint(run_dir: Path) -> str | None:
+    """The data fingerprint a run recorded in its meta.json (None for a bare weights file)."""
+    try:
+        return json.loads(RunDir(run_dir).meta.read_text()).get("data_fingerprint")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _check_saved(path: Path) -> None:

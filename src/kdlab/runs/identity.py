@@ -41,12 +41,16 @@ def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
     return replace(cfg, model=model, method=replace(cfg.method, params=to_dict(params)))
 
 
-def default_run_name(cfg: TrainConfig) -> str:
-    return f"{cfg.model.name}-{cfg.method.name}-{cfg.dataset.name}-s{cfg.seed}".replace(":", "_").replace("/", "_")
+def default_run_name(cfg: TrainConfig, identity: dict) -> str:
+    """``<model>-<method>-<dataset>-s<seed>-<8 hex of the run's key>``: changed settings, data, plug-in code or initial
+    weights make a new run under a new name, where a fixed ``name=`` is refused instead (never a stale load)."""
+    key = run_key(cfg, identity.get("teacher"), str(identity.get("data")), identity.get("plugins"))
+    base = f"{cfg.model.name}-{cfg.method.name}-{cfg.dataset.name}-s{cfg.seed}".replace(":", "_").replace("/", "_")
+    return f"{base}-{key[:8]}"
 
 
-def run_dir_for(cfg: TrainConfig) -> Path:
-    return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg))
+def run_dir_for(cfg: TrainConfig, identity: dict) -> Path:
+    return Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, identity))
 
 
 # Config keys that do not decide a run's result: where it is written (a moved or copied run directory is the same run),
@@ -74,11 +78,20 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool 
             _clear_unstarted(files_)
         return None
     if changed:
-        raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(changed[:3])}); "
-                          f"set name=... or out_dir=... for a new run")
+        raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(_explain(changed[:3]))}); "
+                          f"set name=... or out_dir=... for a new run, or delete {run_dir} to train it again")
     if files_.finished():
         files_.check_finished()
     return files_.read_result()
+
+
+_WHAT_CHANGED = {"identity.data": "identity.data: the data changed (its fingerprint differs)",
+                 "identity.plugins": "identity.plugins: the code or initial weights of a model, dataset or method "
+                                     "changed", "identity.teacher": "identity.teacher: the teacher's weights changed"}
+
+
+def _explain(keys: list[str]) -> list[str]:
+    return [_WHAT_CHANGED.get(k, k) for k in keys]
 
 
 def _clear_unstarted(files_: RunDir) -> None:
@@ -111,10 +124,12 @@ def teacher_identity(name: str | None, live: Live) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def run_identity(cfg: TrainConfig, live: Live) -> dict:
-    """What decides a run's result besides its config: plug-in code, given objects, the teacher's weights."""
+def run_identity(cfg: TrainConfig, live: Live, data_fingerprint: str) -> dict:
+    """What decides a run's result besides its config: plug-in code, given objects (their source and initial
+    weights), the teacher's weights, and the data it trains, selects and tests on (``Splits.fingerprint``)."""
     names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
-    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher_identity(cfg.teacher, live)}
+    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher_identity(cfg.teacher, live),
+            "data": data_fingerprint}
 
 
 def saved_imports(cfg: TrainConfig) -> list[str]:

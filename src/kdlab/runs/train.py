@@ -21,7 +21,8 @@ import yaml
 import kdlab
 from kdlab import files
 from kdlab.config import TrainConfig, to_dict
-from kdlab.data import Splits, load_splits, make_loader
+from kdlab.console import log
+from kdlab.data import DatasetInfo, Splits, load_splits, make_loader
 from kdlab.engine import distributed
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
@@ -36,6 +37,7 @@ from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
 from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_identity, saved_imports
 from kdlab.runs.live import Live
+from kdlab.runs.views import InputView, data_view, give_view, recorded_view
 
 
 def environment() -> dict:
@@ -62,16 +64,19 @@ def build_student(cfg: TrainConfig, info, live: Live) -> torch.nn.Module:
     return model
 
 
-def load_teacher(name: str, info, device: torch.device, live: Live) -> torch.nn.Module:
-    """The frozen teacher: a live module, or a kdlab checkpoint (a run directory or its model.safetensors)."""
+def load_teacher(name: str, info: DatasetInfo, device: torch.device,
+                 live: Live) -> tuple[torch.nn.Module, InputView | None]:
+    """The frozen teacher (a live module, or a kdlab checkpoint: a run directory or its model.safetensors) and the
+    input it was trained on, where known (see :mod:`kdlab.runs.views`)."""
     if name in live.teachers:
-        return live.teachers[name].to(device).eval()
+        return live.teachers[name].to(device).eval(), None
     teacher, meta = load_model(name, device, factories=live.models)
-    if meta.get("num_classes") != info.num_classes or meta.get("in_channels") != info.in_channels:
+    view = recorded_view(meta, info)
+    if meta.get("num_classes") != info.num_classes or (view is None and meta.get("in_channels") != info.in_channels):
         raise ConfigError(f"teacher {name} was trained for {meta.get('num_classes')} classes and "
                           f"{meta.get('in_channels')} channels; this dataset has {info.num_classes} and "
                           f"{info.in_channels}")
-    return teacher
+    return teacher, view
 
 
 def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[..., TeacherCache] | None = None,
@@ -94,7 +99,10 @@ def train_run(cfg: TrainConfig, splits: Splits | None = None,
     The run directory is locked while it trains: a second process on the same directory is refused with one line."""
     live = live or Live()
     cfg = resolve_config(cfg, live)
-    run_dir, identity = run_dir_for(cfg), run_identity(cfg, live)
+    if splits is None:  # its fingerprint is part of the run's identity: a changed dataset is another run
+        splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
+    identity = run_identity(cfg, live, splits.fingerprint)
+    run_dir = run_dir_for(cfg, identity)
     finished = check_run_dir(run_dir, cfg, identity)
     if finished is not None:
         return finished, None
@@ -120,7 +128,7 @@ def _run_lock(run_dir: Path, io_rank: int) -> Iterator[None]:
             shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | None,
+def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
            teacher_cache: Callable[..., TeacherCache] | None, io_rank: int, live: Live,
            dist: distributed.Dist) -> tuple[dict, torch.nn.Module | None]:
     finished = check_run_dir(run_dir, cfg, identity, locked=True)  # another process may have finished it meanwhile
@@ -130,22 +138,20 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits | Non
         files.remove_stale_temp_files(run_dir)  # of writes a killed process left unfinished
     device = distributed.setup(dist, resolve_device(cfg.device))
     seed_everything(cfg.seed)
-    if splits is None:
-        splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
     student = build_student(cfg, splits.info, live)
-    teacher = load_teacher(cfg.teacher, splits.info, device, live) if cfg.teacher else None
+    teacher, teacher_view = load_teacher(cfg.teacher, splits.info, device, live) if cfg.teacher else (None, None)
     method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
     if teacher is not None:  # an inference module: BatchNorm folded, the layers the method reads kept by name
         method.replace_teacher(fold_batchnorm(teacher, keep={n.partition(":")[0] for n in method.teacher_layers()}))
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
-    _prepare(method, train_loader, splits, device, cfg, teacher)
+    view = _prepare(method, train_loader, splits, device, cfg, teacher_view, cfg.dataset.name in live.data)
     distributed.shard(dist, train_loader, *eval_loaders.values())
     io = RunIO(run_dir, rank=io_rank, progress=cfg.progress and not os.environ.get("KDLAB_NO_PROGRESS"))
     provider = _teacher_outputs(teacher_cache, method, train_loader, io) if teacher is not None else None
     scale = distributed.batch_record(dist, train_loader.batch_size, cfg.optim)
-    options = _write_run_files(cfg, io, splits, device, identity, dist, scale)
+    options = _write_run_files(cfg, io, splits, device, identity, dist, scale, view)
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
            f"{' bf16' if options.bf16 else ''}")
@@ -170,18 +176,20 @@ def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
 
 
 def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.device, identity: dict,
-                     dist: distributed.Dist, scale: dict) -> EngineOptions:
-    """config.yaml, identity.json and meta.json; returns the engine options (with the weights' metadata)."""
+                     dist: distributed.Dist, scale: dict, view: InputView) -> EngineOptions:
+    """config.yaml, identity.json and meta.json; returns the engine options (with the weights' metadata: the input
+    the student takes, so that a run distilling from it later gives it its own view)."""
     bf16 = use_bf16(cfg.precision, device)
     allocator = tune_cpu_allocator() if device.type == "cpu" else None
     imports = saved_imports(cfg)
     io.write_json(io.dir.meta, {**environment(), "data_fingerprint": splits.fingerprint, "device": str(device),
-                                "bf16": bf16, "cpu_allocator": allocator, "imports": identity["plugins"], **scale})
+                                "bf16": bf16, "cpu_allocator": allocator, "imports": identity["plugins"],
+                                "input": view.as_dict(), **scale})
     io.write_json(io.dir.identity, identity)
     if io.is_main:
         files.write_text(io.dir.config, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    meta = model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), imports=imports,
-                      precision="bf16" if bf16 else "fp32")
+    meta = {**model_meta(cfg.model.name, cfg.model.kwargs, splits.info, to_dict(cfg.dataset), imports=imports,
+                         precision="bf16" if bf16 else "fp32"), "input": view.as_dict()}
     optim = replace(cfg.optim, lr=scale["lr_effective"])  # optim.lr_scaling applied
     return EngineOptions(epochs=cfg.epochs, optim=optim, device=device, bf16=bf16,
                          channels_last=cfg.channels_last, compile=cfg.compile,
@@ -189,13 +197,20 @@ def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.
                          dist=dist, scale=scale)
 
 
-def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: TrainConfig, teacher=None) -> None:
-    """Check that the student (and teacher) take the data's images, then let a method size its extra modules
-    (adapters, heads, banks) from one real batch, before the optimizer exists."""
+def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: TrainConfig,
+             teacher_view: InputView | None, own_objects: bool) -> InputView:
+    """Give the teacher its own view of the data where it was trained on another input, check that the student and
+    teacher take the data's images, then let a method size its extra modules (adapters, heads, banks) from one real
+    batch, before the optimizer exists. Returns the view the data's batches have (the student's input)."""
     train_loader.set_epoch(0)
     batch = next(iter(train_loader))
     method.to(device)
+    view = data_view(batch.images, splits.info, cfg.dataset, own_objects)
     check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}")
-    if teacher is not None:
-        check_forward(teacher, batch.images, f"teacher {cfg.teacher}")
+    if method.teacher is not None:
+        line = give_view(method.teacher, view, teacher_view, batch.images, f"teacher {cfg.teacher}")
+        if line:
+            log.info(line)
+        check_forward(method.teacher, batch.images, f"teacher {cfg.teacher}")
     method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
+    return view
