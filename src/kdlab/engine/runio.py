@@ -11,16 +11,15 @@ import io
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from tqdm import tqdm
 
 from kdlab import files
 from kdlab.console import log
 from kdlab.engine.checkpoint import load_state, save_state
+from kdlab.engine.progress import epoch_progress
 from kdlab.errors import CheckpointError
 from kdlab.rundir import RunDir
 
@@ -50,8 +49,9 @@ class RunIO:
             log.info(message)
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> Any:
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                    disable=not (self.is_main and self.progress_enabled), unit="batch")
+        """The epoch's batches with progress shown: a bar on a terminal or in a notebook, a few lines in a log file
+        (:mod:`kdlab.engine.progress`)."""
+        return epoch_progress(iterable, total, desc, self.is_main and self.progress_enabled, self.log)
 
     # -- metrics ------------------------------------------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
