@@ -20,6 +20,7 @@ from kdlab import files
 from kdlab.console import log
 from kdlab.engine.checkpoint import load_state, save_state
 from kdlab.engine.progress import epoch_progress
+from kdlab.engine.tracking import RunTracking
 from kdlab.errors import CheckpointError
 from kdlab.rundir import RunDir
 
@@ -33,6 +34,7 @@ class RunIO:
         self.rank = rank
         self.progress_enabled = progress
         self._tensorboard = None
+        self._tracking: RunTracking | None | bool = None  # None: not opened yet; False: the config asks for none
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -66,9 +68,12 @@ class RunIO:
         files.write_text(self.dir.metrics_csv, buf.getvalue())
 
     def log_scalars(self, row: dict) -> None:
-        """One epoch's numbers to TensorBoard, if it is installed (an optional extra); CSV is always written."""
+        """One epoch's numbers to TensorBoard, if it is installed (an optional extra), and to MLflow when the run's
+        config says ``tracking: mlflow``; CSV is always written."""
         if not self.is_main:
             return
+        if tracking := self.tracking():
+            tracking.epoch(row)
         if self._tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -83,9 +88,21 @@ class RunIO:
             self._tensorboard.flush()
 
     def write_json(self, path: Path, data: Any) -> None:
-        """Write one of the run directory's JSON files (``self.dir.meta``, ``self.dir.result``...)."""
-        if self.is_main:
-            files.write_json(path, data)
+        """Write one of the run directory's JSON files (``self.dir.meta``, ``self.dir.result``...). The result (the
+        run finished) or a failure (it stopped) also ends the run's tracking."""
+        if not self.is_main:
+            return
+        files.write_json(path, data)
+        if path in (self.dir.result, self.dir.failure) and (tracking := self.tracking()):
+            tracking.finish(data if path == self.dir.result else None)
+            self._tracking = False
+
+    def tracking(self) -> RunTracking | None:
+        """The run's experiment tracking (:mod:`kdlab.engine.tracking`), opened on first use as the run's
+        ``config.yaml`` asks, or None (not asked for, not the main process, or it failed to start)."""
+        if self._tracking is None and self.is_main:
+            self._tracking = RunTracking.open(self.dir, self.log) or False
+        return self._tracking or None
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
