@@ -34,7 +34,8 @@ class RunIO:
         self.rank = rank
         self.progress_enabled = progress
         self._tensorboard = None
-        self._tracking: RunTracking | None | bool = None  # None: not opened yet; False: the config asks for none
+        self._tracking: RunTracking | None = None
+        self._tracking_opened = False  # the run's config was read for tracking (once, at its first use)
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,14 +96,15 @@ class RunIO:
         files.write_json(path, data)
         if path in (self.dir.result, self.dir.failure) and (tracking := self.tracking()):
             tracking.finish(data if path == self.dir.result else None)
-            self._tracking = False
+            self._tracking = None
 
     def tracking(self) -> RunTracking | None:
         """The run's experiment tracking (:mod:`kdlab.engine.tracking`), opened on first use as the run's
         ``config.yaml`` asks, or None (not asked for, not the main process, or it failed to start)."""
-        if self._tracking is None and self.is_main:
-            self._tracking = RunTracking.open(self.dir, self.log) or False
-        return self._tracking or None
+        if not self._tracking_opened and self.is_main:
+            self._tracking_opened = True
+            self._tracking = RunTracking.open(self.dir, self.log)
+        return self._tracking
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
