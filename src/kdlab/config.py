@@ -338,3 +338,6 @@ class TrainConfig:
     name: Optional[str] = None  # run directory name under out_dir; default: <model>-<method>-<dataset>-s<seed>
     progress: bool = True  # progress bar
     eval_test_every_epoch: bool = True  # test metrics at every epoch (for curves); selection uses val only
+    tracking: Optional[Literal["none", "mlflow"]] = None  # mlflow: params, per-epoch metrics, results and weights
+    #                                                       to an MLflow server (the `mlflow` extra); never stops a run
+    tracking_uri: Optional[str] = None  # the MLflow server (http://host:5000); None: $MLFLOW_TRACKING_URI

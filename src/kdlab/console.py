@@ -8,8 +8,24 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Literal
 
 log = logging.getLogger("kdlab")
+
+Display = Literal["terminal", "notebook", "lines"]
+
+
+def display() -> Display:
+    """Where stderr goes now: a ``terminal`` (a live progress bar redraws in place), a Jupyter ``notebook`` (redraws
+    too, but each one is a message to the browser) or anything else, ``lines`` (a file, a pipe, CI, nohup), where a
+    bar's carriage-return frames would pile up in the log, so progress is written as a few whole lines instead."""
+    stream = sys.stderr
+    if type(stream).__module__.startswith("ipykernel"):  # ipykernel.iostream.OutStream: isatty() is False there
+        return "notebook"
+    try:
+        return "terminal" if stream.isatty() else "lines"
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return "lines"
 
 
 class _StderrHandler(logging.StreamHandler):

@@ -17,6 +17,7 @@ One owner for the layout: the engine and the runner write through these names; t
     failure.json                 why a run stopped unfinished (a NaN loss: part, epoch, step); removed on success
     export/<format>/             ``kdlab export``: the exported student, export.json, MODEL_CARD.md, model_card.json
     tensorboard/                 event files, when the optional ``tensorboard`` package is installed
+    tracking.json                ``tracking: mlflow``: the server and MLflow run this run logs to (resumed with it)
 """
 
 from __future__ import annotations
@@ -140,6 +141,10 @@ class RunDir:
     @property
     def tensorboard(self) -> Path:
         return self.path / "tensorboard"
+
+    @property
+    def tracking(self) -> Path:
+        return self.path / "tracking.json"
 
     def export_dir(self, fmt: str, weights: str = "model") -> Path:
         """Where ``kdlab export`` writes format ``fmt`` of the student ``<weights>.safetensors``: ``export/<fmt>``

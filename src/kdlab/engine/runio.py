@@ -11,16 +11,16 @@ import io
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from tqdm import tqdm
 
 from kdlab import files
 from kdlab.console import log
 from kdlab.engine.checkpoint import load_state, save_state
+from kdlab.engine.progress import epoch_progress
+from kdlab.engine.tracking import RunTracking
 from kdlab.errors import CheckpointError
 from kdlab.rundir import RunDir
 
@@ -34,6 +34,8 @@ class RunIO:
         self.rank = rank
         self.progress_enabled = progress
         self._tensorboard = None
+        self._tracking: RunTracking | None = None
+        self._tracking_opened = False  # the run's config was read for tracking (once, at its first use)
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -50,8 +52,9 @@ class RunIO:
             log.info(message)
 
     def progress(self, iterable: Iterable, total: int, desc: str) -> Any:
-        return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                    disable=not (self.is_main and self.progress_enabled), unit="batch")
+        """The epoch's batches with progress shown: a bar on a terminal or in a notebook, a few lines in a log file
+        (:mod:`kdlab.engine.progress`)."""
+        return epoch_progress(iterable, total, desc, self.is_main and self.progress_enabled, self.log)
 
     # -- metrics ------------------------------------------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
@@ -66,9 +69,12 @@ class RunIO:
         files.write_text(self.dir.metrics_csv, buf.getvalue())
 
     def log_scalars(self, row: dict) -> None:
-        """One epoch's numbers to TensorBoard, if it is installed (an optional extra); CSV is always written."""
+        """One epoch's numbers to TensorBoard, if it is installed (an optional extra), and to MLflow when the run's
+        config says ``tracking: mlflow``; CSV is always written."""
         if not self.is_main:
             return
+        if tracking := self.tracking():
+            tracking.epoch(row)
         if self._tensorboard is None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -83,9 +89,22 @@ class RunIO:
             self._tensorboard.flush()
 
     def write_json(self, path: Path, data: Any) -> None:
-        """Write one of the run directory's JSON files (``self.dir.meta``, ``self.dir.result``...)."""
-        if self.is_main:
-            files.write_json(path, data)
+        """Write one of the run directory's JSON files (``self.dir.meta``, ``self.dir.result``...). The result (the
+        run finished) or a failure (it stopped) also ends the run's tracking."""
+        if not self.is_main:
+            return
+        files.write_json(path, data)
+        if path in (self.dir.result, self.dir.failure) and (tracking := self.tracking()):
+            tracking.finish(data if path == self.dir.result else None)
+            self._tracking = None
+
+    def tracking(self) -> RunTracking | None:
+        """The run's experiment tracking (:mod:`kdlab.engine.tracking`), opened on first use as the run's
+        ``config.yaml`` asks, or None (not asked for, not the main process, or it failed to start)."""
+        if not self._tracking_opened and self.is_main:
+            self._tracking_opened = True
+            self._tracking = RunTracking.open(self.dir, self.log)
+        return self._tracking
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:

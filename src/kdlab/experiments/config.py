@@ -85,6 +85,8 @@ class ExperimentConfig:
     channels_last: bool = True
     compile: bool = False
     progress: bool = True
+    tracking: Optional[Literal["none", "mlflow"]] = None  # mlflow: each run tracked, the report as a parent run
+    tracking_uri: Optional[str] = None  # the MLflow server; None: $MLFLOW_TRACKING_URI
     eval_test_every_epoch: bool = True  # False: test only at the end (curves then show the val split only)
     share_teacher_outputs: bool = True  # compute a teacher's logits once per seed's data stream, reuse them
     teacher_views: int = 0  # K > 0: students see K fixed augmented views per image (dataset.fixed_views), and each
