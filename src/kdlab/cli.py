@@ -101,6 +101,10 @@ def cmd_run(args: argparse.Namespace) -> dict:
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
     summary = run_experiment(exp)
     report = _report(exp.directory, exp.device)
+    if exp.tracking == "mlflow":
+        from kdlab.engine.tracking import log_experiment  # mlflow loads only when tracking is on
+
+        log_experiment(exp.directory, exp.tracking_uri, exp.name)
     if summary["failed"]:
         first = summary["failed"][0]
         raise KdlabError(f"{len(summary['failed'])} of {summary['runs']} runs failed (the report has the others; run "

@@ -28,6 +28,7 @@ from torch import nn
 from kdlab.config import deep_merge, load_yaml
 from kdlab.console import ensure_logging, log
 from kdlab.data.custom import data_parts
+from kdlab.engine.tracking import log_experiment
 from kdlab.experiments.config import ExperimentConfig, default_experiment_path, load_experiment
 from kdlab.plugins import object_path
 from kdlab.report import build_report
@@ -62,7 +63,11 @@ class Experiment:
         """Write the comparison report (tables, figures, index.html) and return it."""
         ensure_logging()
         objects = self.live.data.get(self.config.dataset.name)
-        return Report(build_report(self.directory, device=device, log=log.info, data=objects, models=self.live.models))
+        report = Report(build_report(self.directory, device=device, log=log.info, data=objects,
+                                     models=self.live.models))
+        if self.config.tracking == "mlflow":
+            log_experiment(self.directory, self.config.tracking_uri, self.config.name)
+        return report
 
     # -- Python objects -> names ---------------------------------------------------------------------------------------
     def _named(self, tree: dict) -> dict:

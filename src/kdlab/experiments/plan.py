@@ -79,7 +79,8 @@ def _train_config(exp: ExperimentConfig, model: ModelEntry, schedule: Schedule, 
         epochs=schedule.epochs, seed=seed, imports=list(exp.imports), device=exp.device, threads=exp.threads,
         precision=exp.precision,
         channels_last=exp.channels_last, compile=exp.compile, out_dir=str(exp.directory / "runs"),
-        progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch)
+        progress=exp.progress, eval_test_every_epoch=exp.eval_test_every_epoch, tracking=exp.tracking,
+        tracking_uri=exp.tracking_uri)
 
 
 def _planned(role: str, student: str, method: str, seed: int, cfg: TrainConfig,

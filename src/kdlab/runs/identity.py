@@ -55,7 +55,7 @@ def run_dir_for(cfg: TrainConfig, identity: dict) -> Path:
 
 # Config keys that do not decide a run's result: where it is written (a moved or copied run directory is the same run),
 # the display, and the teacher's path (its weights' hash is compared, in identity.json)
-_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher")
+_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher", "tracking", "tracking_uri")
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool = False) -> dict | None:
@@ -141,7 +141,8 @@ def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str, pl
     """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
     plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
     payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "imports"):
+    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "imports", "tracking",
+                     "tracking_uri"):
         payload.pop(volatile)
     identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
     if plugins:
