@@ -110,7 +110,37 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> dict:
     import_modules(args.imports)
+    if args.serve:
+        return _serve_report(Path(args.directory), args.device, args.port)
     return {"report": str(_report(Path(args.directory), args.device))}
+
+
+def _serve_report(directory: Path, device: str, port: int) -> dict:
+    """Serve the report folder on 127.0.0.1 until Ctrl-C: the report when every run is over, else the live page
+    (refreshed here every few seconds), then the report once the last run ends."""
+    import time
+
+    from kdlab.report.live import experiment_status, finished, serve, write_live
+
+    over = finished(experiment_status(directory)[1])
+    if over:
+        _report(directory, device)
+    write_live(directory)
+    url, server = serve(directory / "report", port)
+    log.info(f"serving {directory / 'report'} at {url}{'index.html' if over else 'live.html'} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(5)
+            if not over:
+                over = finished(experiment_status(directory)[1])
+                if over:
+                    _report(directory, device)
+                write_live(directory)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return {"report": str(directory / "report"), "url": url}
 
 
 def _report(directory: Path, device: str) -> Path:
@@ -154,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("report", cmd_report, "write the comparison report of an experiment directory")
     p.add_argument("directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the report on http://127.0.0.1 until Ctrl-C (while runs go on: a live progress page)")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port (default: a free one)")
     return parser
 
 
