@@ -357,4 +357,4 @@ def test_the_answer_comes_first(experiment):
     assert (experiment["out"] / "gains.png").stat().st_size > 1000
     one_seed = summary_rows([{**students[0], "gain_n_seeds": 1, "gain_top1_last_se": 0.0}])
     assert one_seed[0]["gain_t"] is None and one_seed[0]["significant"] is None
-    assert one_seed[0]["verdict"] == "no test (1 seed)"
+    assert one_seed[0]["verdict"].startswith("no test (1 seed)")

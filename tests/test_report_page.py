@@ -10,11 +10,12 @@ import urllib.request
 import pytest
 
 from fixtures_report import make_tiny_experiment
+from kdlab.report.browser import find_chromium
 from kdlab.report.stats import format_p, incomplete_beta, paired_t_p, t_critical, t_two_sided_p
 from kdlab.report.summary import summary_rows
 from kdlab.report.verdict import verdict_html, verdict_text
 
-CHROMIUM = shutil.which("chromium")
+CHROMIUM = find_chromium()
 SCREEN = {"width": 1400, "height": 900}
 
 
