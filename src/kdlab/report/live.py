@@ -84,7 +84,7 @@ def partial_rows(statuses: list[RunStatus]) -> list[dict]:
             groups.setdefault(row_key(s.spec), []).append(s)
 
     def by_seed(runs: list[RunStatus], name: str) -> dict[int, float]:
-        return {r.spec.seed: float(r.result[name]) for r in runs if (r.result or {}).get(name) is not None}
+        return {r.spec.seed: float((r.result or {})[name]) for r in runs if (r.result or {}).get(name) is not None}
 
     baselines = {k[2]: v for k, v in groups.items() if k[0] == "baseline"}
     rows = []
@@ -110,8 +110,9 @@ def _status_table(statuses: list[RunStatus]) -> str:
     for s in statuses:
         progress = f"{s.epoch}/{s.epochs or '?'}" if s.state in ("running", "done", "failed") else "–"
         detail = s.error or ""
-        if s.state == "done" and (s.result or {}).get("test_top1") is not None:
-            detail = f"test top-1 {float(s.result['test_top1']):.2f}%"
+        top1 = (s.result or {}).get("test_top1")
+        if s.state == "done" and top1 is not None:
+            detail = f"test top-1 {float(top1):.2f}%"
         body.append(f'<tr class="state-{s.state}"><td>{escape(s.spec.key)}</td><td>{escape(row_label(row_key(s.spec)))}'
                     f"</td><td>{s.spec.seed}</td><td>{s.state}</td><td class=num>{progress}</td>"
                     f"<td class=num>{_duration(s.eta_s)}</td><td>{escape(detail)}</td></tr>")
