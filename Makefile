@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 FMNIST_DIR ?= /usr/share/datasets/fashion-mnist
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup data demo test bench clean
+.PHONY: setup data browser demo test bench clean
 
 setup: $(VENV)/.kdlab-installed data
 
@@ -31,10 +31,20 @@ data:
 		     "or put its four IDX .gz files in a folder and set KDLAB_FASHION_MNIST=that/folder"; exit 1; \
 	fi
 
+# Headless Chromium for the report's browser test and first_screen.png (Debian's package; never `playwright install`).
+browser:
+	@if command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing Chromium (Debian package chromium) for the report's browser test"; \
+		(apt-get install -y -qq chromium || (apt-get update -qq && apt-get install -y -qq chromium)) >/dev/null; \
+	else \
+		echo "Chromium is missing: the report's browser test will be skipped ('sudo apt-get install chromium')"; \
+	fi
+
 demo: setup
 	$(PY) -m kdlab run
 
-test: setup $(VENV)/.kdlab-test-installed
+test: setup $(VENV)/.kdlab-test-installed browser
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m pytest
 

@@ -333,6 +333,7 @@ def test_teacher_given_as_a_checkpoint(experiment, tmp_path):
 
 def test_the_answer_comes_first(experiment):
     """A short table of paired gains with their significance before the wide table, and a gain figure."""
+    from kdlab.report.stats import t_two_sided_p
     from kdlab.report.summary import summary_rows
 
     results = _results(experiment)
@@ -342,15 +343,18 @@ def test_the_answer_comes_first(experiment):
     assert [s["label"] for s in summary] == [r["label"] for r in by_gain]
     for entry in summary:
         if not entry["gain_top1_last_se"]:  # identical per-seed differences: no spread, no test
-            assert entry["gain_t"] is None and entry["significant"].startswith("–")
+            assert entry["gain_t"] is None and entry["significant"] is None and entry["verdict"].startswith("no test")
             continue
         t = entry["gain_top1_last_mean"] / entry["gain_top1_last_se"]
         assert entry["gain_t"] == pytest.approx(t)
-        assert entry["significant"].startswith("yes" if abs(t) > 2 else "no")
+        assert entry["gain_top1_last_p"] == pytest.approx(t_two_sided_p(t, entry["gain_n_seeds"] - 1))
+        assert entry["significant"] is (abs(t) > 12.7062)  # 2 seeds: 1 degree of freedom
+        assert entry["verdict"].endswith("2 seeds: weak evidence")
     md = (experiment["out"] / "results.md").read_text()
     assert md.index("## Gains over the baseline") < md.index("## All rows")
     html = (experiment["out"] / "index.html").read_text()
     assert html.index("Gains over the baseline") < html.index("All rows") and "gains.png" in html
     assert (experiment["out"] / "gains.png").stat().st_size > 1000
     one_seed = summary_rows([{**students[0], "gain_n_seeds": 1, "gain_top1_last_se": 0.0}])
-    assert one_seed[0]["gain_t"] is None and one_seed[0]["significant"].startswith("–")
+    assert one_seed[0]["gain_t"] is None and one_seed[0]["significant"] is None
+    assert one_seed[0]["verdict"].startswith("no test (1 seed)")

@@ -99,8 +99,13 @@ def cmd_run(args: argparse.Namespace) -> dict:
     from kdlab.scale import run_experiment  # torch: after the fork server has started
 
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
-    summary = run_experiment(exp)
-    report = _report(exp.directory, exp.device)
+    server = _serve_live(exp.directory, args.port) if args.serve else None
+    try:
+        summary = run_experiment(exp)
+        report = _report(exp.directory, exp.device)
+    finally:
+        if server is not None:
+            server.shutdown()
     if exp.tracking == "mlflow":
         from kdlab.engine.tracking import log_experiment  # mlflow loads only when tracking is on
 
@@ -112,9 +117,50 @@ def cmd_run(args: argparse.Namespace) -> dict:
     return {"experiment_dir": str(exp.directory), "report": str(report), **summary}
 
 
+def _serve_live(directory: Path, port: int):
+    """``kdlab run --serve``: the experiment's live page (refreshed by the runner after each run) on 127.0.0.1 while
+    the experiment runs; the report replaces it at the end. Returns the server (``shutdown()`` stops it)."""
+    from kdlab.report.live import serve, write_live
+
+    write_live(directory)
+    url, server = serve(directory / "report", port)
+    log.info(f"live view of {directory.name} at {url}live.html (the report at {url}index.html when it is written)")
+    return server
+
+
 def cmd_report(args: argparse.Namespace) -> dict:
     import_modules(args.imports)
+    if args.serve:
+        return _serve_report(Path(args.directory), args.device, args.port)
     return {"report": str(_report(Path(args.directory), args.device))}
+
+
+def _serve_report(directory: Path, device: str, port: int) -> dict:
+    """Serve the report folder on 127.0.0.1 until Ctrl-C: the report when every run is over, else the live page
+    (refreshed here every few seconds), then the report once the last run ends."""
+    import time
+
+    from kdlab.report.live import experiment_status, finished, serve, write_live
+
+    over = finished(experiment_status(directory)[1])
+    if over:
+        _report(directory, device)
+    write_live(directory)
+    url, server = serve(directory / "report", port)
+    log.info(f"serving {directory / 'report'} at {url}{'index.html' if over else 'live.html'} (Ctrl-C stops)")
+    try:
+        while True:
+            time.sleep(5)
+            if not over:
+                over = finished(experiment_status(directory)[1])
+                if over:
+                    _report(directory, device)
+                write_live(directory)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()
+    return {"report": str(directory / "report"), "url": url}
 
 
 def _report(directory: Path, device: str) -> Path:
@@ -153,11 +199,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("list", cmd_list, "list registered models, datasets or methods")
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard, e.g. 'resnet*'")
-    command("run", cmd_run, "run an experiment (default: the embedded Fashion-MNIST comparison)").add_argument(
-        "settings", nargs="*", help="[EXPERIMENT.yaml] key=value ...")
+    p = command("run", cmd_run, "run an experiment (default: the embedded Fashion-MNIST comparison)")
+    p.add_argument("settings", nargs="*", help="[EXPERIMENT.yaml] key=value ...")
+    p.add_argument("--serve", action="store_true", help="serve a live view of the experiment on http://127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port (default: a free one)")
     p = command("report", cmd_report, "write the comparison report of an experiment directory")
     p.add_argument("directory")
     p.add_argument("--device", default="auto")
+    p.add_argument("--serve", action="store_true",
+                   help="serve the report on http://127.0.0.1 until Ctrl-C (while runs go on: a live progress page)")
+    p.add_argument("--port", type=int, default=0, help="with --serve: the port (default: a free one)")
     return parser
 
 

@@ -17,9 +17,7 @@ experiment file says (see :mod:`kdlab.experiments.plan`), validated the same way
 
 from __future__ import annotations
 
-import base64
 import json
-from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from kdlab.engine.tracking import log_experiment
 from kdlab.experiments.config import ExperimentConfig, default_experiment_path, load_experiment
 from kdlab.plugins import object_path
 from kdlab.report import build_report
+from kdlab.report.notebook import notebook_html
 from kdlab.rundir import RunDir, is_checkpoint, weights_file
 from kdlab.runs.live import Live, ModuleFactory
 from kdlab.runs.result import Run
@@ -158,10 +157,5 @@ class Report:
         return f"Report({str(self.path)!r}, {len(self.rows)} rows; open {self.html})"
 
     def _repr_html_(self) -> str:
-        markdown = (self.path / "results.md").read_text()
-        table = "".join(f"<tr>{''.join(f'<td>{escape(c.strip())}</td>' for c in line.strip('|').split('|'))}</tr>"
-                        for line in markdown.splitlines() if line.startswith("|") and "---" not in line)
-        images = "".join(f'<img style="max-width:48%" src="data:image/png;base64,'
-                         f'{base64.b64encode((self.path / f).read_bytes()).decode()}">'
-                         for f in self.FIGURES if (self.path / f).is_file())
-        return f"<h4>{escape(str(self.data.get('name')))}</h4><table>{table}</table><div>{images}</div>"
+        """The page's verdict, tables and figures for Jupyter, from the report's data (results.json)."""
+        return notebook_html(self.path)

@@ -29,6 +29,7 @@ from kdlab.experiments.config import ExperimentConfig
 from kdlab.experiments.eta import Eta
 from kdlab.experiments.plan import expand, validate
 from kdlab.experiments.preflight import check_plan
+from kdlab.report.live import write_live
 from kdlab.runs.identity import saved_imports
 from kdlab.runs.live import Live
 from kdlab.runs.teacher_cache import CacheStats, TeacherLogitCache, TeacherViewBank
@@ -87,6 +88,7 @@ class ExperimentRunner:
             failed: list[dict] = []
             for number, spec in enumerate(ready.plan, 1):
                 self.run_or_record(number, ready.plan, spec, ready.splits, failed)
+                write_live(self.dir)
                 if last_of_seed(ready.plan, number) and not self.exp.keep_teacher_cache:
                     self.discard_caches()
             if self.exp.export:
@@ -100,6 +102,7 @@ class ExperimentRunner:
         if check:
             check_plan(plan, splits, self.live)  # files, finished runs and input sizes, before anything trains
         write_manifest(self.exp, plan)
+        write_live(self.dir)  # report/live.html: runs done, running and waiting, while the experiment goes on
         return Prepared(splits, plan)
 
     def summarize(self, runs: int, wall: float, failed: list[dict], **extra) -> dict:

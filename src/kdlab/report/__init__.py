@@ -15,9 +15,11 @@ from typing import Any, Callable
 
 from kdlab.engine.device import resolve_device
 from kdlab.plugins import import_modules
+from kdlab.report.browser import keep_first_screen
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
 from kdlab.expdir import Manifest, ReportError
+from kdlab.report.notebook import notebook_html
 from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
 from kdlab.report.scaling import scale_notes
 from kdlab.report.sweep import write_sweep
@@ -25,7 +27,7 @@ from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs,
                                 run_record)
 
 __all__ = ["build_report", "expected_calibration_error", "reliability_bins", "ReliabilityBins", "paired_gain",
-           "format_mean_std", "flops_per_image", "count_parameters", "latency_ms", "ReportError"]
+           "format_mean_std", "flops_per_image", "count_parameters", "latency_ms", "ReportError", "notebook_html"]
 
 
 PRECISION = "fp32"  # what the report evaluates in (kdlab.report.collect runs every model without autocast)
@@ -36,10 +38,11 @@ def _silent(message: str) -> None:
 
 
 def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], None] = _silent,
-                 data: Any = None, models: dict[str, Callable] | None = None) -> Path:
+                 data: Any = None, models: dict[str, Callable] | None = None, screenshot: bool = True) -> Path:
     """Write ``results.{csv,json,md}``, the figures and ``index.html`` into ``exp_dir/report``; return that folder.
 
     ``data`` / ``models``: the Python API's in-process Dataset objects and model factories (see ``TestData``).
+    ``screenshot``: also keep ``first_screen.png``, the page's first 1,400 x 900 pixels, when Chromium is installed.
     """
     from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
     from kdlab.report.html import write_html
@@ -61,13 +64,16 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     out.mkdir(parents=True, exist_ok=True)
     header = {"name": manifest.name, "dataset": manifest.dataset, "seeds": manifest.seeds, "precision": PRECISION}
     notes = [SELECTION_NOTE, *_notes(collected), *scale_notes(collected.runs)]
-    write_csv(out / "results.csv", rows)
-    write_results_json(out / "results.json", header, rows, [run_record(r) for r in collected.runs],
-                       [*collected.skipped, *({**e, "error": True} for e in collected.errors)], notes)
-    write_markdown(out / "results.md", header, rows, top5, notes)
     figures, best = _figures(collected.runs, rows, out)
     figures.update(write_sweep(collected.runs, out))  # sweep.md/.csv/.png when the experiment swept
+    write_csv(out / "results.csv", rows)
+    write_results_json(out / "results.json", header, rows, [run_record(r) for r in collected.runs],
+                       [*collected.skipped, *({**e, "error": True} for e in collected.errors)], notes,
+                       {"top5": top5, "best": best, "figures": figures})
+    write_markdown(out / "results.md", header, rows, top5, notes)
     write_html(out / "index.html", header, rows, top5, figures, notes, best)
+    if screenshot:
+        keep_first_screen(out, log)
     log(f"report written to {out / 'index.html'}")
     if collected.errors:  # finished runs missing from the tables: never silently
         first = collected.errors[0]
@@ -107,6 +113,7 @@ def _featured(rows: list[dict], groups: dict[RowKey, list[RunEval]]) -> list[Row
 
 
 def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str, list[tuple[str, str]]], str | None]:
+    from kdlab.report.html import GAINS_TITLE
     from kdlab.report.figures import (accuracy_figure, confusion_figure, curves_figure, gains_figure,
                                       reliability_figure)
 
@@ -129,8 +136,9 @@ def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str
     reliability_figure(panels, out / "reliability.png")
     best = row_label(featured[-1]) if featured and featured[-1][0] == "student" else None
     figures = {
-        "Gains over the baseline": [("gains.png", "Each method's test top-1 gain over the baseline of the same "
-                                                  "student, paired by seed (± 1 and 2 standard errors)")]
+        GAINS_TITLE: [("gains.png", "Each method's test top-1 gain over the baseline of the same student, paired by "
+                                    "seed: black = ± 1 standard error, grey = 95% confidence interval (t, n − 1 df); "
+                                    "dark bars: p < 0.05")]
         if gains else [],
         "Accuracy": [("accuracy.png", "Test top-1 per row: last epoch and val-selected epoch (± std over seeds)")],
         "Learning curves": [("curves.png", "Train loss and validation top-1 per epoch (mean ± std over seeds)")],

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from kdlab.report.calibration import ReliabilityBins
+from kdlab.report.stats import ALPHA, t_critical
 
 DPI = 120
 LAST_COLOR, SELECTED_COLOR = "#9bb7d4", "#1f4e79"
@@ -51,8 +52,9 @@ def accuracy_figure(rows: list[dict], path: Path) -> Path:
 
 
 def gains_figure(rows: list[dict], path: Path) -> Path | None:
-    """The main figure: each distilled student's paired gain over its baseline (pp, last epoch), ± 1 and 2 standard
-    errors; bars more than 2 SE from zero are dark. None when no row has a gain."""
+    """The main figure: each distilled student's paired gain over its baseline (points, last epoch), ± 1 standard
+    error (black) and its 95% confidence interval (grey, t with n − 1 df: ± 12.7 SE with 2 seeds); bars with p < 0.05
+    are dark. Each value is written past the end of its interval, never on it. None when no row has a gain."""
     rows = sorted((r for r in rows if r.get("role") == "student" and r.get("gain_top1_last_mean") is not None),
                   key=lambda r: -r["gain_top1_last_mean"])
     if not rows:
@@ -62,21 +64,27 @@ def gains_figure(rows: list[dict], path: Path) -> Path | None:
     y = np.arange(len(rows))
     means = np.array([r["gain_top1_last_mean"] for r in rows])
     ses = np.array([r.get("gain_top1_last_se") or 0.0 for r in rows])
-    strong = np.abs(means) > 2 * ses
-    ax.barh(y, means, 0.6, color=[SELECTED_COLOR if s else LAST_COLOR for s in strong])
-    ax.errorbar(means, y, xerr=2 * ses, fmt="none", ecolor="#888888", elinewidth=1, capsize=2)
+    ns = [int(r.get("gain_n_seeds") or 0) for r in rows]
+    cis = np.array([t_critical(n - 1) * se if n > 1 else 0.0 for n, se in zip(ns, ses)])
+    clear = [(r.get("gain_top1_last_p") is not None and r["gain_top1_last_p"] < ALPHA) for r in rows]
+    ax.barh(y, means, 0.6, color=[SELECTED_COLOR if c else LAST_COLOR for c in clear])
+    ax.errorbar(means, y, xerr=cis, fmt="none", ecolor="#888888", elinewidth=1, capsize=2)
     ax.errorbar(means, y, xerr=ses, fmt="none", ecolor="#222222", elinewidth=2, capsize=3)
     ax.axvline(0, color="black", linewidth=0.8)
-    for yi, m, se in zip(y, means, ses):
-        ax.text(m + (2 * se + 0.02 * max(1e-9, np.abs(means).max())) * (1 if m >= 0 else -1), yi, f"{m:+.2f}",
-                va="center", ha="left" if m >= 0 else "right", fontsize=8)
-    ax.set_yticks(y, [f"{r['label']}  (n={r.get('gain_n_seeds') or r['n_seeds']})" for r in rows])
+    lo, hi = float(min((means - cis).min(), 0.0)), float(max((means + cis).max(), 0.0))
+    span = max(hi - lo, 0.2)
+    gap = 0.02 * span
+    for yi, m, ci in zip(y, means, cis):
+        right = m >= 0
+        ax.text(m + (ci + gap) * (1 if right else -1), yi, f"{m:+.2f}", va="center", ha="left" if right else "right",
+                fontsize=9)
+    room = 0.2 * span  # for the labels past the intervals' ends
+    ax.set_xlim(lo - (room if (means < 0).any() else 0.05 * span), hi + (room if (means >= 0).any() else 0.05 * span))
+    ax.set_yticks(y, [f"{r['label']}  (n={n or r['n_seeds']})" for r, n in zip(rows, ns)])
     ax.invert_yaxis()
-    ax.set_xlabel("gain over the baseline, paired by seed (test top-1, pp): bar = mean, black = ± 1 SE, grey = ± 2 SE")
+    ax.set_xlabel("gain over the baseline, paired by seed (points of test top-1)\n"
+                  "bar = mean, black = ± 1 standard error, grey = 95% confidence interval; dark: p < 0.05")
     ax.grid(axis="x", alpha=0.3)
-    lo, hi = float((means - 2 * ses).min()), float((means + 2 * ses).max())
-    pad = 0.15 * max(hi - lo, 0.2)
-    ax.set_xlim(min(lo, 0) - pad, max(hi, 0) + pad)
     return _save(fig, path)
 
 
@@ -120,29 +128,38 @@ def curves_figure(curves: list[tuple[str, list[list[dict]]]], path: Path) -> Pat
     return _save(fig, path)
 
 
+CONFUSION_MIN_FONT_PT = 8  # the smallest text: at DPI 120 shown 1:1, 10 pt on screen (1 px = 0.75 pt)
+
+
 def confusion_figure(confusion: torch.Tensor, class_names: Sequence[str], title: str, path: Path) -> Path:
-    """Row-normalized confusion matrix (% of each true class), counts written in cells for few classes."""
+    """Row-normalized confusion matrix (% of each true class), counts written in cells for few classes.
+
+    Sized to be shown at its natural size: ~650 px wide up to 15 classes (two side by side on a 1,400 px page),
+    ~1,300 px beyond (the page's width), so that no text is below 10 pt on screen."""
     counts = confusion.double().numpy()
     k = counts.shape[0]
     rates = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
-    size = min(4 + 0.45 * k, 16)
-    fig = Figure(figsize=(size + 1.5, size))
+    width = 5.4 if k <= 15 else 10.8  # inches at DPI 120
+    fig = Figure(figsize=(width, width * 0.86))
     ax = fig.add_subplot()
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=100)
-    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of true class")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    bar.set_label("% of true class", fontsize=9)
+    bar.ax.tick_params(labelsize=9)
     names = list(class_names) if len(class_names) == k else [str(i) for i in range(k)]
     if k <= 40:
-        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=8 if k > 12 else 9)
-        ax.set_yticks(range(k), names, fontsize=8 if k > 12 else 9)
+        tick = 9 if k <= 15 else CONFUSION_MIN_FONT_PT
+        ax.set_xticks(range(k), names, rotation=45, ha="right", fontsize=tick)
+        ax.set_yticks(range(k), names, fontsize=tick)
     if k <= 15:
         for i in range(k):
             for j in range(k):
                 if counts[i, j]:
-                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, f"{int(counts[i, j])}", ha="center", va="center", fontsize=CONFUSION_MIN_FONT_PT,
                             color="white" if rates[i, j] > 50 else "black")
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(title)
+    ax.set_xlabel("predicted class", fontsize=10)
+    ax.set_ylabel("true class", fontsize=10)
+    ax.set_title(title, fontsize=10)
     return _save(fig, path)
 
 

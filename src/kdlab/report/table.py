@@ -1,7 +1,8 @@
 """The results table: one row per teacher, per baseline and per (teacher, student, method), aggregated over seeds.
 
 Spread is the sample standard deviation over seeds (ddof=1; undefined with one seed: null, shown as "–"). A method's
-gain over the baseline of the same student is paired by seed: the mean of per-seed differences, with its standard error.
+gain over the baseline of the same student is paired by seed: the mean of per-seed differences, with its standard error
+and the two-sided p-value of a paired t-test with n − 1 degrees of freedom (:mod:`kdlab.report.stats`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 
 from kdlab.report.collect import RunEval
 from kdlab.expdir import ROLES, PlannedRun, file_safe
+from kdlab.report.stats import format_p, paired_t_p
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
@@ -127,6 +129,7 @@ def build_row(key: RowKey, runs: list[RunEval], baseline: list[RunEval] | None, 
         mean, se, n = paired_gain(_by_seed(runs, part, "top1"), _by_seed(baseline, part, "top1")) if baseline \
             else (math.nan, math.nan, None)
         row[f"gain_top1_{part}_mean"], row[f"gain_top1_{part}_se"] = _clean(mean), _clean(se)
+        row[f"gain_top1_{part}_p"] = paired_t_p(_clean(mean), _clean(se), n)[1]  # paired t-test, n - 1 df
     row["gain_n_seeds"] = n  # None: no baseline row to compare with
     eff = efficiency or {}
     for name in ("params", "flops_per_image", "checkpoint_mb", "latency_b1_ms", "latency_b64_ms"):
@@ -190,8 +193,16 @@ def run_record(run: RunEval) -> dict:
 class Display:
     header: str
     key: str  # a plain column, or the stem of <key>_mean / <key>_std (or _se for gains)
-    kind: str = "mean_std"  # mean_std | gain | count | number | text
+    kind: str = "mean_std"  # mean_std | gain | count | number | text | p
     digits: int = 2
+    tip: str = ""  # the precise meaning, shown as the header's tooltip in HTML
+
+
+GAIN_TIP = ("Test top-1 of the method minus that of the baseline of the same student, seed by seed, in percentage "
+            "points: the mean over seeds ± its standard error (the spread of the per-seed differences / √n).")
+P_TIP = ("Two-sided p-value of a paired t-test over seeds (n − 1 degrees of freedom): how often a difference at "
+         "least this large would appear by chance if the method changed nothing. Below 0.05: a clear difference.")
+SELECTED_TIP = "Test top-1 of the epoch with the best validation top-1 (the test split never selects anything)."
 
 
 DEPLOY_COLUMNS = [Display("ONNX top-1 (%)", "onnx_test_top1"), Display("int8 top-1 (%)", "int8_test_top1"),
@@ -210,18 +221,26 @@ def deploy_columns(rows: list[dict]) -> list[Display]:
 
 def display_columns(top5: bool, flags: bool = False) -> list[Display]:
     cols = [Display("Model", "label", "text"), *([Display("Flags", "flags", "text")] if flags else []),
-            Display("Top-1 last (%)", "test_top1_last"), Display("Top-1 val-selected (%)", "test_top1_selected")]
+            Display("Top-1 last (%)", "test_top1_last", tip="Test top-1 accuracy of the last epoch, mean ± std over "
+                    "seeds."),
+            Display("Top-1 val-selected (%)", "test_top1_selected", tip=SELECTED_TIP)]
     if top5:
-        cols += [Display("Top-5 last (%)", "test_top5_last"), Display("Top-5 val-selected (%)", "test_top5_selected")]
-    cols += [Display("NLL", "test_nll", digits=3), Display("ECE (%)", "test_ece"),
-             Display("Agreement w/ teacher (%)", "teacher_agreement"),
-             Display("KL(teacher‖student)", "teacher_kl", digits=3),
-             Display("Gain last (pp, ± SE)", "gain_top1_last", "gain"),
-             Display("Gain val-selected (pp, ± SE)", "gain_top1_selected", "gain"),
+        cols += [Display("Top-5 last (%)", "test_top5_last"),
+                 Display("Top-5 val-selected (%)", "test_top5_selected", tip=SELECTED_TIP)]
+    cols += [Display("NLL", "test_nll", digits=3, tip="Negative log-likelihood on the test split (nats, lower is "
+                     "better)."),
+             Display("ECE (%)", "test_ece", tip="Expected calibration error, 15 confidence bins (lower is better)."),
+             Display("Agreement with teacher (%)", "teacher_agreement",
+                     tip="Share of test images where the student's top-1 class is the teacher's."),
+             Display("KL(teacher‖student)", "teacher_kl", digits=3,
+                     tip="Mean KL divergence from the teacher's to the student's test predictions (nats)."),
+             Display("Gain, last epoch (points)", "gain_top1_last", "gain", tip=GAIN_TIP),
+             Display("p-value", "gain_top1_last_p", "p", tip=P_TIP),
+             Display("Gain, val-selected (points)", "gain_top1_selected", "gain", tip=GAIN_TIP),
              Display("Params", "params", "count"), Display("FLOPs / image", "flops_per_image", "count"),
              Display("Checkpoint (MB)", "checkpoint_mb", "number", 2),
-             Display("CPU latency b1 (ms)", "latency_b1_ms", "number", 2),
-             Display("CPU latency b64 (ms)", "latency_b64_ms", "number", 1),
+             Display("CPU latency b1 (ms)", "latency_b1_ms", "number", 2, tip="One image per forward pass."),
+             Display("CPU latency b64 (ms)", "latency_b64_ms", "number", 1, tip="64 images per forward pass."),
              Display("Train time (s)", "train_time_s", "number", 1), Display("Seeds", "n_seeds", "text")]
     return cols
 
@@ -232,6 +251,9 @@ def display_value(row: dict, col: Display) -> str:
         return "–" if value is None else str(value)
     if col.kind == "count":
         return format_count(row.get(col.key))
+    if col.kind == "p":
+        value = row.get(col.key)
+        return "–" if value is None else format_p(value).removeprefix("p = ")
     if col.kind == "number":
         value = row.get(col.key)
         return "–" if value is None else f"{value:.{col.digits}f}"

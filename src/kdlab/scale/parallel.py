@@ -21,6 +21,7 @@ from pathlib import Path
 from kdlab.errors import KdlabError
 from kdlab.expdir import PlannedRun
 from kdlab.experiments.runner import ExperimentRunner, describe, epochs_done, experiment_lock, run_state
+from kdlab.report.live import write_live
 from kdlab.runs.teacher_cache import CacheStats
 from kdlab.scale.groups import Board, Group, cpu_cores, make_groups, make_slots, visible_gpus
 from kdlab.scale.local_pool import LocalPool
@@ -156,6 +157,7 @@ class ParallelRunner:
             self._caches.setdefault((spec.teacher_run.key, spec.seed), set()).update(outcome.caches)
         self._discard_caches(plan, board, spec)
         self._progress(plan, board)
+        write_live(self.base.dir)
 
     def _record(self, board: Board, plan: list[PlannedRun], number: int, error: str, logged: bool = False) -> None:
         spec = plan[number - 1]
