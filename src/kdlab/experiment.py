@@ -132,8 +132,6 @@ def _data_name(data: Any) -> str:
 class Report:
     """A written report: its folder, its rows (results.json), and an inline view for Jupyter."""
 
-    FIGURES = ("gains.png", "accuracy.png", "curves.png", "reliability.png")
-
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.data = json.loads((self.path / "results.json").read_text())
