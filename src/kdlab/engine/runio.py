@@ -87,6 +87,17 @@ class RunIO:
         if self.is_main:
             files.write_json(path, data)
 
+    def update_json(self, path: Path, data: dict) -> None:
+        """Add ``data``'s keys to one of the run directory's JSON objects (``self.dir.meta``), creating it if absent
+        or unreadable; the other keys stay."""
+        if not self.is_main:
+            return
+        try:
+            current = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            current = {}
+        files.write_json(path, {**(current if isinstance(current, dict) else {}), **data})
+
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
         """Write epoch ``epoch``'s checkpoint, checksum its files as written, then point ``latest.json`` at it (with
