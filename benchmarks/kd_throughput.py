@@ -91,8 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="models and inputs in channels_last, as the trainer does")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (auto: CUDA when present)")
     p.add_argument("--threads", type=int, default=None,
-                   help="pin torch's threads (default: kdlab's choice before each round, as the trainer makes it "
-                        "each epoch: the cores other processes leave free; see kdlab/engine/host.py)")
+                   help="pin torch's threads (default: kdlab's load-adaptive choice before each round, as the "
+                        "trainer makes it each epoch with threads=auto: the cores other processes leave free; see "
+                        "kdlab/engine/host.py)")
     p.add_argument("--contend", action="store_true",
                    help="time every workload again while one other CPU-bound process runs, and report each as a "
                         "fraction of its idle rate")
@@ -272,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     for w in workloads:  # a first estimate of the rate, for the window length
         w.best = w.run(2)
         w.faults.clear()
-    policy = ThreadPolicy(args.threads)  # kdlab's thread choice, made before every round as the trainer does per epoch
+    # threads=auto (not kdlab's pinned default): the adaptive choice, made before every round as the trainer per epoch
+    policy = ThreadPolicy(args.threads or "auto")
     round_others, round_threads = timed_rounds(workloads, args, policy)
     idle_others, idle_threads = others.cores(), torch.get_num_threads()  # before the contender starts
     contended = contended_rates(workloads, args, policy) if args.contend else None

@@ -90,3 +90,92 @@ def test_thread_policy_gives_back_the_callers_thread_count(monkeypatch):
     assert policy.apply() == before + 1  # later epochs: the caller's count is the one seen first
     policy.restore()
     assert torch.get_num_threads() == before
+
+
+# -- the thread policy: pinned by default, load-adaptive only on request ----------------------------------------------
+def test_unset_threads_are_fixed_from_the_machine_whatever_the_load(monkeypatch):
+    import torch
+
+    monkeypatch.delenv(host.THREADS_ENV, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        policy = host.ThreadPolicy()
+        torch.set_num_threads(2)  # changes made after the run started do not move it
+        assert [policy.choose() for _ in range(3)] == [1, 1, 1] and policy.setting == 1
+        assert policy.load is None  # the load is never sampled
+        monkeypatch.setenv(host.THREADS_ENV, "3")  # a worker's share (or a test suite's pin) wins over torch's count
+        assert host.ThreadPolicy().choose() == 3 and host.ThreadPolicy(2).choose() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_auto_threads_follow_the_load_and_ignore_the_env_pin(monkeypatch):
+    monkeypatch.setenv(host.THREADS_ENV, "3")
+    policy = host.ThreadPolicy("auto")
+    assert policy.setting == "auto" and policy.adaptive
+    assert 1 <= policy.choose() <= host.available_cores() and policy.load is not None  # decided from the load
+
+
+def test_thread_settings_are_checked_and_parsed():
+    from kdlab.config import TrainConfig, from_dict
+    from kdlab.errors import ConfigError
+
+    for bad in (0, -2, "many"):
+        with pytest.raises(ConfigError, match="threads"):
+            host.ThreadPolicy(bad)
+    assert from_dict(TrainConfig, {"threads": "auto"}).threads == "auto"
+    assert from_dict(TrainConfig, {"threads": "4"}).threads == 4 and from_dict(TrainConfig, {}).threads is None
+    with pytest.raises(ConfigError, match="threads"):
+        from_dict(TrainConfig, {"threads": "some"})
+
+
+def test_resume_takes_the_recorded_setting_unless_one_is_given(monkeypatch):
+    monkeypatch.setenv(host.THREADS_ENV, "2")
+    unset = host.ThreadPolicy()
+    unset.resume(1)
+    assert unset.choose() == 1 and unset.setting == 1
+    unset = host.ThreadPolicy()
+    unset.resume("auto")
+    assert unset.adaptive
+    given = host.ThreadPolicy(3)
+    given.resume(1)
+    assert given.choose() == 3
+    auto = host.ThreadPolicy("auto")
+    auto.resume(1)
+    assert auto.adaptive
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
+    import json
+
+    import torch
+
+    import kdlab
+    from fixtures_data import make_fashion_mnist
+    from kdlab.engine.trainer import Trainer
+
+    make_fashion_mnist(tmp_path / "data", n_train=64, n_test=16)
+    kwargs = {"data": {"name": "fashion_mnist", "root": str(tmp_path / "data"), "batch_size": 32}, "epochs": 2,
+              "device": "cpu", "progress": False, "out_dir": str(tmp_path / "runs"), "name": "r"}
+    monkeypatch.delenv(host.THREADS_ENV, raising=False)
+    before = torch.get_num_threads()
+    original = Trainer._checkpoint
+
+    def stop_after_first(self, epochs_done):
+        original(self, epochs_done)
+        raise KeyboardInterrupt
+
+    try:
+        torch.set_num_threads(1)  # the machine's count when the run starts
+        with monkeypatch.context() as patch:
+            patch.setattr(Trainer, "_checkpoint", stop_after_first)
+            with pytest.raises(KeyboardInterrupt):
+                kdlab.train("cnn_tiny", **kwargs)
+        torch.set_num_threads(2)  # resumed in a process that would now choose 2
+        run = kdlab.train("cnn_tiny", **kwargs)
+    finally:
+        torch.set_num_threads(before)
+    assert [row["threads"] for row in run.history] == [1, 1]
+    assert run.metrics["threads"] == 1
+    assert json.loads((run.run_dir / "meta.json").read_text())["threads"] == 1

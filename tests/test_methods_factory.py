@@ -11,7 +11,8 @@ from kdlab.batch import Batch
 from kdlab.config import from_dict
 from kdlab.errors import ConfigError
 from kdlab.methods import METHODS, build_method, method_params_cls, parse_method_params
-from kdlab.methods.hooks import FeatureHooks, match_spatial, pair_deepest, resolve_layers
+from kdlab.methods.hooks import FeatureHooks, embedding_layers, match_spatial, pair_deepest, resolve_layers
+from kdlab.models import create_model
 from kdlab.methods.kd import KDParams, kd_loss
 
 
@@ -193,3 +194,24 @@ def test_prepare_is_idempotent():
     first = method.regressors
     method.prepare(images)
     assert method.regressors is first
+
+
+@pytest.mark.parametrize("name", ["efficientnet_b0", "mobilenetv3_small"])
+def test_embedding_is_read_before_the_classifiers_dropout(name):
+    # The student trains with dropout, the teacher is in eval: the embedding methods (rkd, pkt, cc, crd, reviewkd)
+    # must read the pooled feature before the dropout, or the student's side alone would be masked.
+    model = create_model(name, num_classes=10, small_input=True, dropout=0.9).train()
+    [layer] = embedding_layers(model, [], "method.student_layers")
+    assert layer == model.pre_logits_name and not layer.endswith(":input")
+    images = torch.randn(2, 3, 32, 32)
+    hooks = FeatureHooks(model, [layer])
+    features = []
+    for p in (0.9, 0.0):
+        for module in model.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = p
+        torch.manual_seed(0)  # the same stochastic depth in both passes
+        with hooks.capture() as feats:
+            model(images)
+        features.append(feats[layer].detach().clone())
+    torch.testing.assert_close(features[0], features[1])  # the dropout masked nothing it read

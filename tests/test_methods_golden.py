@@ -125,7 +125,7 @@ def test_logit_standardization_off_keeps_and_on_standardizes():
         got = method_losses("dkd", {**on, "warmup_epochs": 0}, student, teacher, images, labels)
         torch.testing.assert_close(got["loss_dkd"], dkd_loss(a, b, labels, 1.0, 8.0, 4.0))
         got = method_losses("dist", on, student, teacher, images, labels)
-        inter, intra = dist_loss(a, b)
+        inter, intra = dist_loss(a, b, 2.0, 2.0, 4.0)  # the defaults: beta = gamma = 2, tau = 4
         torch.testing.assert_close(got["loss_dist_inter"], inter)
         torch.testing.assert_close(got["loss_dist_intra"], intra)
         got = method_losses("mlkd", on, student, teacher, images, labels)

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from fixtures_methods import make_student, make_teacher
 from kdlab.batch import Batch
@@ -14,7 +15,8 @@ from kdlab.methods import build_method
 from kdlab.methods.at import at_loss, attention_map
 from kdlab.methods.byot import byot_head_loss
 from kdlab.methods.base import Context
-from kdlab.methods.dist import dist_loss
+from kdlab.methods.crd import sample_contrast_indices
+from kdlab.methods.dist import DISTParams, dist_loss
 from kdlab.methods.dkd import dkd_loss
 from kdlab.methods.dml import dml_loss
 from kdlab.methods.fitnets import hint_loss
@@ -185,6 +187,55 @@ def test_dkd_loss_against_numpy():
     assert dkd_loss(s, t, y, alpha, beta, T).item() == pytest.approx(expected, rel=1e-4)
 
 
+def mdistiller_dkd(s: torch.Tensor, t: torch.Tensor, y: torch.Tensor, alpha: float, beta: float, T: float):
+    """megvii-research/mdistiller distillers/DKD.py ``dkd_loss``, equation for equation (softmax probabilities,
+    b = [Σ p·gt_mask, Σ p·other_mask], log(b_s); the non-target part with the target logit/T lowered by 1000)."""
+    gt = torch.zeros_like(s).scatter_(1, y[:, None], 1).bool()
+    p_s, p_t = F.softmax(s / T, dim=1), F.softmax(t / T, dim=1)
+    b_s = torch.cat([(p_s * gt).sum(1, keepdim=True), (p_s * ~gt).sum(1, keepdim=True)], 1)
+    b_t = torch.cat([(p_t * gt).sum(1, keepdim=True), (p_t * ~gt).sum(1, keepdim=True)], 1)
+    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * T**2 / len(y)
+    q_t = F.softmax(t / T - 1000.0 * gt, dim=1)
+    log_q_s = F.log_softmax(s / T - 1000.0 * gt, dim=1)
+    nckd = F.kl_div(log_q_s, q_t, reduction="sum") * T**2 / len(y)
+    return alpha * tckd + beta * nckd
+
+
+def loss_and_grad(fn, s: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+    s = s.detach().clone().requires_grad_(True)
+    loss = fn(s, *args)
+    loss.backward()
+    return loss.detach(), s.grad
+
+
+def test_dkd_matches_mdistiller_loss_and_gradient():
+    g = torch.Generator().manual_seed(2)
+    s, t = torch.randn(6, 10, generator=g) * 3, torch.randn(6, 10, generator=g) * 5
+    y = torch.tensor([0, 3, 9, 2, 2, 7])
+    s[1, 3] += 60.0  # a lead of 15 T at T = 4: far from saturating the reference in fp32
+    for alpha, beta, T in [(1.0, 8.0, 4.0), (2.0, 0.5, 1.0)]:
+        want, want_grad = loss_and_grad(mdistiller_dkd, s, t, y, alpha, beta, T)
+        got, got_grad = loss_and_grad(dkd_loss, s, t, y, alpha, beta, T)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_grad, want_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_dkd_keeps_its_gradient_where_the_target_logit_leads_far():
+    # leads of 40 T (clamping b at 1e-12 cut the gradient from ~28 T) and 120 T (the reference's fp32 Σ_{c≠y} p_c
+    # underflows to 0: log 0). kdlab stays finite, non-zero, and equal to the reference computed in float64.
+    t = torch.tensor([[2.0, 0.5, -1.0, 0.0], [1.0, 3.0, 0.0, -2.0]])
+    y = torch.tensor([0, 1])
+    for lead in (40.0, 120.0):
+        s = torch.tensor([[lead, 0.0, 0.0, 0.0], [0.0, lead, 0.0, 0.0]])
+        got, got_grad = loss_and_grad(dkd_loss, s, t, y, 1.0, 0.0, 1.0)  # the TCKD term alone
+        want, want_grad = loss_and_grad(mdistiller_dkd, s.double(), t.double(), y, 1.0, 0.0, 1.0)
+        assert torch.isfinite(got_grad).all() and got_grad.abs().max() > 0.1
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got_grad.double(), want_grad, rtol=1e-4, atol=1e-4)
+    fp32_reference, _ = loss_and_grad(mdistiller_dkd, s, t, y, 1.0, 0.0, 1.0)
+    assert not torch.isfinite(fp32_reference)  # the saturated reference
+
+
 def test_dkd_warmup_is_linear_over_epochs():
     method = build_method("dkd", {"warmup_epochs": 4}, make_student(), make_teacher())
     scales = []
@@ -207,3 +258,44 @@ def test_dist_loss_against_numpy_corrcoef():
     assert got_intra.item() == pytest.approx(3.0 * tau**2 * intra, rel=1e-4)
     same_inter, same_intra = dist_loss(t, t)
     assert abs(same_inter.item()) < 1e-5 and abs(same_intra.item()) < 1e-5
+
+
+def test_dist_defaults_are_the_authors_cifar_runs():
+    # dist_cifar.yaml: kd dist_t4 (DIST(beta=1, gamma=1, tau=4)), kd_loss_weight 2, ori_loss_weight 1
+    p = DISTParams()
+    assert (p.beta, p.gamma, p.tau) == (2.0, 2.0, 4.0)
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    ys, yt = F.softmax(s / 4, dim=1), F.softmax(t / 4, dim=1)
+
+    def rho(a, b):  # the reference's pearson_correlation: cosine similarity of the centred rows, eps 1e-8
+        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+        return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+    reference = 2 * (4**2 * (1 - rho(ys, yt).mean()) + 4**2 * (1 - rho(ys.t(), yt.t()).mean()))
+    inter, intra = dist_loss(s, t, p.beta, p.gamma, p.tau)
+    torch.testing.assert_close(inter + intra, reference, rtol=1e-4, atol=1e-5)
+
+
+# -- crd --------------------------------------------------------------------------------------------------------------
+def test_crd_negatives_are_distinct_other_class_rows_as_the_reference():
+    # RepDistiller's CIFAR100InstanceSample: np.random.choice(cls_negative[target], K, replace=K > len(cls_negative))
+    row_labels = torch.arange(200) % 4
+    index, labels = torch.tensor([0, 1, 2]), torch.tensor([0, 1, 2])
+    torch.manual_seed(0)
+    rows = sample_contrast_indices(index, 200, 120, labels, row_labels)
+    assert rows.shape == (3, 121) and rows[:, 0].tolist() == [0, 1, 2]
+    for b in range(3):
+        negatives = rows[b, 1:]
+        assert len(set(negatives.tolist())) == 120  # without replacement
+        assert not (row_labels[negatives] == labels[b]).any()
+    counts = torch.zeros(200)
+    for _ in range(50):
+        drawn = sample_contrast_indices(index[:1], 200, 120, labels[:1], row_labels)[0, 1:]
+        counts += torch.bincount(drawn, minlength=200)
+    other = counts[row_labels != 0]
+    assert counts[row_labels == 0].sum() == 0 and other.min() > 20 and other.max() < 60  # ~40 each: uniform
+    # an anchor with fewer than K other-class rows draws with replacement, as the reference then does
+    few = torch.tensor([0] * 195 + [1] * 5)
+    mixed = sample_contrast_indices(torch.tensor([0, 199]), 200, 100, torch.tensor([1, 0]), few)
+    assert len(set(mixed[0, 1:].tolist())) == 100 and set(mixed[1, 1:].tolist()) <= set(range(195, 200))

@@ -330,7 +330,9 @@ class TrainConfig:
     epochs: int = 10
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    threads: Optional[int] = None  # CPU intra-op threads; None: each epoch, the cores other processes leave free
+    # CPU intra-op threads: N pins N; None: one count fixed from the machine when the run starts (KDLAB_THREADS, else
+    # torch's default), never from the load; "auto": each epoch, the cores other processes leave free (engine/host.py)
+    threads: Optional[Union[int, Literal["auto"]]] = None
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast where the hardware does it well
     channels_last: bool = True
     compile: bool = False  # torch.compile the objective (25-35 s to compile on this CPU; worth it on long runs)

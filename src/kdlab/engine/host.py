@@ -1,4 +1,4 @@
-"""The host's memory allocator, tuned for training loops on the CPU.
+"""The host: its memory allocator, tuned for training loops on the CPU, and the thread count of each epoch.
 
 glibc's malloc serves large blocks with ``mmap`` and gives freed heap memory back to the OS above a *dynamic* trim
 threshold. A training step frees almost everything it allocated (activations, gradients, oneDNN scratch) and allocates
@@ -22,6 +22,8 @@ import ctypes.util
 import functools
 import os
 import time
+
+from kdlab.errors import ConfigError
 
 # mallopt parameter numbers from glibc's <malloc.h>
 M_TRIM_THRESHOLD = -1
@@ -62,13 +64,16 @@ def _mallopt():
 
 
 # -- threads on a shared machine -------------------------------------------------------------------------------------
-# On a 2-core machine with one other busy process, 2 OpenMP threads spend most of each step waiting at a barrier for
-# the thread that the OS descheduled: throughput fell to 0.26 of the idle figure (issue 13), while 1 thread kept 0.52.
-# So, with threads="auto", each epoch runs with the cores that other processes left free in the previous one (at
-# least 1). The thread count changes the order of floating-point sums, so the numbers of a run depend on it: it is
-# recorded per epoch in the history, and `threads=N` pins it for bit-for-bit reproducibility across machines and loads.
+# The thread count changes the order of floating-point sums, so the numbers of a run depend on it. By default (threads
+# unset) a run therefore uses ONE count, fixed from the machine when it starts, never from the load: the same command
+# gives the same table on an idle or a busy machine. `threads=auto` opts into load-adaptive threads: on a 2-core
+# machine with one other busy process, 2 OpenMP threads spend most of each step waiting at a barrier for the thread
+# that the OS descheduled: throughput fell to 0.26 of the idle figure (issue 13), while 1 thread kept 0.52; so each
+# epoch then runs with the cores that other processes left free in the previous one (at least 1). Either way the count
+# is recorded per epoch in the history, and the setting in the checkpoint, so a resumed run keeps it.
 
-THREADS_ENV = "KDLAB_THREADS"  # pins the threads where the config leaves them to kdlab (e.g. for a test suite)
+THREADS_ENV = "KDLAB_THREADS"  # pins the threads where the config leaves them unset (a worker's share, a test suite)
+AUTO = "auto"
 
 
 class OtherLoad:
@@ -114,21 +119,55 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def machine_threads() -> int:
+    """The fixed count an unset ``threads`` means: ``KDLAB_THREADS`` when set, else torch's intra-op thread count now
+    (OpenMP's default: the machine's cores, or ``OMP_NUM_THREADS``; a worker process has set its share)."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    import torch
+
+    return torch.get_num_threads()
+
+
 class ThreadPolicy:
-    """How many intra-op threads each epoch gets: ``threads`` (an int) pins it; ``None`` means auto."""
+    """How many intra-op threads each epoch gets.
 
-    SAMPLE_S = 0.1  # the first decision of a run samples the other processes' load this long
+    ``threads`` an int: pinned to it. ``None`` (unset): a count fixed once, from the machine (:func:`machine_threads`),
+    whatever the load. ``"auto"``: each epoch, the cores that other processes left free (load-adaptive, opt-in).
+    :meth:`resume` makes an unset policy continue with the setting a checkpointed run started with.
+    """
 
-    def __init__(self, threads: int | None = None) -> None:
-        env = os.environ.get(THREADS_ENV, "").strip()
-        self.pinned = threads or (int(env) if env.isdigit() and int(env) > 0 else None)
+    SAMPLE_S = 0.1  # the first adaptive decision of a run samples the other processes' load this long
+
+    def __init__(self, threads: int | str | None = None) -> None:
+        if not (threads is None or threads == AUTO or (isinstance(threads, int) and threads > 0)):
+            raise ConfigError(f"config key 'threads' must be a positive integer or auto, got {threads!r}")
+        self.requested = threads
+        self.adaptive = threads == AUTO
+        self.count: int | None = None if self.adaptive else (threads if isinstance(threads, int) else machine_threads())
         self.load: OtherLoad | None = None
         self.caller: int | None = None  # torch's thread count before the first apply, put back by restore()
 
+    @property
+    def setting(self) -> int | str:
+        """What the run records (result, checkpoint, meta.json): the fixed count, or ``"auto"``."""
+        return AUTO if self.adaptive else int(self.count or 1)
+
+    def resume(self, recorded: int | str | None) -> None:
+        """Continue a checkpointed run: an unset ``threads`` takes the setting the run started with (its count, or
+        ``"auto"``); an explicit ``threads`` (a count or auto) is the user's choice and stays."""
+        if self.requested is not None or recorded is None:
+            return
+        if recorded == AUTO:
+            self.adaptive, self.count = True, None
+        elif isinstance(recorded, int) and recorded > 0:
+            self.adaptive, self.count = False, recorded
+
     def choose(self) -> int:
-        """Threads for the next epoch: the pinned number, else the cores left free by other processes."""
-        if self.pinned:
-            return self.pinned
+        """Threads for the next epoch: the fixed count, else (auto) the cores left free by other processes."""
+        if not self.adaptive:
+            return int(self.count or 1)
         if self.load is None:
             self.load = OtherLoad()
             time.sleep(self.SAMPLE_S)

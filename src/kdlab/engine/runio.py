@@ -106,6 +106,17 @@ class RunIO:
             self._tracking = RunTracking.open(self.dir, self.log)
         return self._tracking
 
+    def update_json(self, path: Path, data: dict) -> None:
+        """Add ``data``'s keys to one of the run directory's JSON objects (``self.dir.meta``), creating it if absent
+        or unreadable; the other keys stay."""
+        if not self.is_main:
+            return
+        try:
+            current = json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            current = {}
+        files.write_json(path, {**(current if isinstance(current, dict) else {}), **data})
+
     # -- checkpoints --------------------------------------------------------------------------------------------------
     def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
         """Write epoch ``epoch``'s checkpoint, checksum its files as written, then point ``latest.json`` at it (with

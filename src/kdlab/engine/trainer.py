@@ -43,7 +43,7 @@ class EngineOptions:
     compile: bool = False
     eval_test_every_epoch: bool = True
     model_meta: dict = field(default_factory=dict)  # JSON metadata stored in every saved weights file
-    threads: Optional[int] = None  # CPU threads; None: chosen each epoch from the free cores (engine/host.py)
+    threads: int | str | None = None  # CPU threads: N, None (fixed from the machine) or "auto" (engine/host.py)
     dist: Optional[distributed.Dist] = None  # this process's rank in a DDP run (see engine/distributed.py)
     scale: dict = field(default_factory=dict)  # ranks, global batch, lr rule: recorded in the result
 
@@ -78,6 +78,7 @@ class Trainer:
         start_epoch = self._restore()
         if start_epoch:
             self.io.log(f"resuming {self.io.run_dir} after epoch {start_epoch}/{self.opt.epochs}")
+        self.io.update_json(self.io.dir.meta, {"threads": self._threads_setting()})
         try:
             for epoch in range(start_epoch, self.opt.epochs):
                 self._epoch(epoch)
@@ -184,6 +185,7 @@ class Trainer:
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "history": self.history,
             "best": self.best,
+            "threads": self._threads_setting(),  # a resumed run continues with it (engine/host.py)
         }
         self.io.save_checkpoint(epochs_done, self.method.trainable_state_dict(), state,
                                 {**self.opt.model_meta, "epoch": epochs_done})
@@ -201,8 +203,14 @@ class Trainer:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.history = list(state["history"])
         self.best = dict(state["best"])
+        if self.threads is not None:  # an older checkpoint without the setting: the count of its last epoch
+            self.threads.resume(state.get("threads", (self.history[-1] if self.history else {}).get("threads")))
         self.io.write_history(self.history)  # drop rows of an epoch that ran past the checkpoint
         return int(state["epoch"])
+
+    def _threads_setting(self) -> int | str:
+        """The run's thread setting as recorded: the fixed count, ``"auto"``, or torch's count off the CPU."""
+        return self.threads.setting if self.threads is not None else torch.get_num_threads()
 
     def _student_state(self, name: str) -> dict[str, Tensor]:
         return self.method.students()[name].state_dict()
@@ -228,6 +236,7 @@ class Trainer:
             skipped_batches=self.skipped,
             collapsed=collapse_reason(last, int(self.opt.model_meta.get("num_classes") or 0)),
             optimizer_steps=self.scheduler.last_epoch - self.skipped,
+            threads=self._threads_setting(),
             **self.opt.scale,
         )
         if result["collapsed"]:

@@ -9,10 +9,11 @@ images of the batch are paired, a first-order stand-in for the paper's kernel co
     e_s = W_s f_s + b_s,  e_t = W_t f_t + b_t,  δ_i = |e_s,i − e_t,i|              (element-wise, 128-d)
     L   = CE(y, p_s) + feat_weight · mean_{i=1..N−1} Σ_d δ_i,d · δ_{i+1},d
 
-Defaults as RepDistiller (distiller_zoo/CC.py; train_student.py: ``LinearEmbed(feat[-1], feat_dim=128)`` for student
-and teacher, both trained; scripts/run_cifar_distill.sh: ``-b 0.02``): feat_weight = 0.02, feat_dim = 128, CE weight 1,
-on the penultimate embedding (``"<classifier>:input"``; override with ``student_layers``/``teacher_layers``, one
-pair). mdistiller has no CC. The teacher's embedding layer is trainable, as in the reference.
+Defaults as RepDistiller (distiller_zoo/CC.py; train_student.py: ``LinearEmbed(feat[-1], feat_dim=128)`` for student and
+teacher, both trained; scripts/run_cifar_distill.sh: ``-b 0.02``): feat_weight = 0.02, feat_dim = 128, CE weight 1, on
+the penultimate embedding before any dropout (``"<classifier>:input"`` or the model's ``pre_logits_name``; override with
+``student_layers``/``teacher_layers``, one pair). mdistiller has no CC. The teacher's embedding layer is trainable, as
+in the reference.
 """
 
 from __future__ import annotations

@@ -16,17 +16,22 @@ With the positive at column 0 and K negatives drawn from the rows of other class
 eps = 1e-7; banks start uniform in ±1/√(d/3). Defaults as RepDistiller (crd/criterion.py, crd/memory.py,
 train_student.py: feat_dim 128, nce_k 16384, nce_t 0.07, nce_m 0.5; scripts: ``-b 0.8``, CE weight 1) and mdistiller
 (CRD.FEAT.DIM 128, NCE.K 16384, NCE.TEMPERATURE 0.07, NCE.MOMENTUM 0.5, LOSS.FEAT_WEIGHT 0.8): feat_weight = 0.8,
-CE weight 1, on the penultimate embedding (``"<classifier>:input"``; ``student_layers``/``teacher_layers``, one pair).
+CE weight 1, on the penultimate embedding before any dropout (``"<classifier>:input"`` or the model's
+``pre_logits_name``; ``student_layers``/``teacher_layers``, one pair).
 
 Each image's bank row is ``batch.index``, its position in the training split; the banks are sized by
 ``num_samples`` given to ``prepare``. The banks, the rows' labels and Z are buffers of the extra module ``head``:
 checkpoints hold them, so a resumed run continues exactly; negatives come from torch's global RNG (saved in
 checkpoints too).
 
-Negatives: the reference (``mode=exact``) draws them in its data loader from the images of the other classes. kdlab's
-loaders know nothing of CRD, so the method keeps every row's label (a buffer filled from ``batch.labels`` as batches
-come) and draws uniformly from the rows of the other classes (rows not seen yet, in the first epoch, count as other
-classes). ``other_class_negatives=false`` draws uniformly from all N rows (the reference's memory-side sampler).
+Negatives: the reference (``mode=exact``, RepDistiller dataset/cifar100.py ``CIFAR100InstanceSample``; mdistiller's
+copy is the same) draws them in its data loader, per image, from the images of the other classes *without*
+replacement (``np.random.choice(cls_negative[target], k, replace=False)``; with replacement only when K exceeds the
+other-class images). kdlab does the same, per anchor, in the method: its loaders know nothing of CRD, so the method
+keeps every row's label (a buffer filled from ``batch.labels`` as batches come). Deviation: rows not seen yet (in the
+first epoch) count as other classes. The draw costs O(B·N) random numbers per step, as the reference's per-image
+permutation (~0.08 s for B = 64, N = 50,000, K = 16,384 on one CPU thread). ``other_class_negatives=false`` draws
+uniformly from all N rows with replacement (the reference's memory-side AliasMethod sampler, ``idx=None``).
 
 Other deviations, same values: scores are the anchor times the whole bank, then the K + 1 sampled columns are gathered
 (without materializing B × (K+1) × 128 rows); the bank update is out of place (the old bank stays alive until backward
@@ -50,18 +55,49 @@ from kdlab.methods.registry import METHODS
 EPS = 1e-7
 
 
+KEYS_PER_CHUNK = 1 << 24  # random keys drawn at once when sampling without replacement (64 MiB of fp32)
+
+
 def sample_contrast_indices(index: Tensor, num_samples: int, k: int, labels: Tensor | None = None,
                             row_labels: Tensor | None = None) -> Tensor:
     """B × (K+1) bank rows: column 0 the positive (``index``), then K negatives drawn with torch's global RNG.
 
-    Without labels the negatives are uniform over all rows. With the anchors' ``labels`` and every row's
-    ``row_labels`` (−1 where unknown) they are uniform over the rows of the *other* classes: rows sorted by label,
-    the anchor's class is a contiguous block that the draw skips (uniform over all rows if no other row exists).
+    Without labels the negatives are uniform over all rows, with replacement (the reference's memory-side sampler).
+    With the anchors' ``labels`` and every row's ``row_labels`` (−1 where unknown) they are K *distinct* rows of the
+    *other* classes, uniformly (as the reference's ``np.random.choice(cls_negative[y], K, replace=False)``); an anchor
+    with fewer than K other-class rows draws with replacement, as the reference does then (uniform over all rows if
+    no other row exists).
     """
-    shape = (len(index), k)
     if labels is None or row_labels is None:
-        negatives = torch.randint(0, num_samples, shape, device=index.device)
+        negatives = torch.randint(0, num_samples, (len(index), k), device=index.device)
         return torch.cat([index.view(-1, 1), negatives], dim=1)
+    other = row_labels.view(1, -1) != labels.view(-1, 1)  # B × N
+    few = other.sum(1) < k
+    if bool(few.all()):
+        negatives = other_class_with_replacement(num_samples, k, labels, row_labels)
+    else:
+        negatives = other_class_without_replacement(other, k)
+        if bool(few.any()):
+            negatives[few] = other_class_with_replacement(num_samples, k, labels[few], row_labels)
+    return torch.cat([index.view(-1, 1), negatives], dim=1)
+
+
+def other_class_without_replacement(other: Tensor, k: int) -> Tensor:
+    """B × K distinct column indices of ``other`` (B × N, True where allowed; at least K per row), uniformly: the K
+    smallest of uniform random keys, the disallowed columns keyed above every allowed one. O(B·N) random numbers per
+    call (the reference's per-image permutation costs the same), drawn in chunks of rows to bound the memory."""
+    rows = max(1, KEYS_PER_CHUNK // other.shape[1])
+    chunks = []
+    for part in other.split(rows):
+        keys = torch.rand(part.shape, device=part.device).masked_fill_(~part, 2.0)
+        chunks.append(keys.topk(k, dim=1, largest=False, sorted=False).indices)
+    return torch.cat(chunks)
+
+
+def other_class_with_replacement(num_samples: int, k: int, labels: Tensor, row_labels: Tensor) -> Tensor:
+    """B × K rows drawn uniformly with replacement from the rows of other classes (rows sorted by label, the anchor's
+    class is a contiguous block that the draw skips; uniform over all rows if no other row exists)."""
+    shape = (len(labels), k)
     order = torch.argsort(row_labels, stable=True)
     sorted_labels = row_labels[order]
     start = torch.searchsorted(sorted_labels, labels)
@@ -69,10 +105,10 @@ def sample_contrast_indices(index: Tensor, num_samples: int, k: int, labels: Ten
     n_other = num_samples - n_same
     n_same = torch.where(n_other > 0, n_same, torch.zeros_like(n_same))
     n_other = torch.where(n_other > 0, n_other, torch.full_like(n_other, num_samples))
-    u = torch.rand(shape, dtype=torch.float64, device=index.device) * n_other.view(-1, 1)
+    u = torch.rand(shape, dtype=torch.float64, device=labels.device) * n_other.view(-1, 1)
     u = torch.minimum(u.long(), n_other.view(-1, 1) - 1)
     position = u + (u >= start.view(-1, 1)).long() * n_same.view(-1, 1)
-    return torch.cat([index.view(-1, 1), order[position]], dim=1)
+    return order[position]
 
 
 @fp32

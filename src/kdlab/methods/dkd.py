@@ -6,6 +6,13 @@ b = [p_y, 1 − p_y] (target vs the rest) and p̂ = softmax over the non-target 
     TCKD = T² · KL(b_t ‖ b_s)          NCKD = T² · KL(p̂_t ‖ p̂_s)          (summed, averaged over the batch)
     L    = CE(y, p_s) + w · (alpha · TCKD + beta · NCKD),     w = min((epoch + 1) / warmup_epochs, 1)
 
+Computed in log space: b = [p_y, 1 − p_y] comes from log-softmax, log(1 − p_y) as the logsumexp of the non-target
+log-probabilities. The reference (mdistiller/distillers/DKD.py) takes ``log`` of the summed softmax probabilities: the
+same value and gradient while they are representable, and ``inf``/NaN once Σ_{c≠y} p_c underflows in fp32 (a target
+logit leading by ~100 T); kdlab's earlier clamp at 1e-12 cut the gradient from a lead of ~28 T on. Here the gradient
+stays finite and exact at any lead. NCKD masks the target logit with −1e9 where the reference subtracts 1000 (the
+same value unless a non-target logit/T lies 1000 below the others).
+
 Defaults as mdistiller's CIFAR-100 configs: alpha = 1, beta = 8 (8–10 depending on the pair), T = 4, the KD term
 warmed up linearly over 20 epochs (mdistiller counts epochs from 1: the first epoch has w = 1/20, as here with the
 engine's 0-based ``on_epoch_start``). CE weight 1.
@@ -42,18 +49,21 @@ from kdlab.methods.logits import prepare_logits
 from kdlab.methods.registry import METHODS
 
 
+def target_split(log_p: Tensor, target: Tensor) -> Tensor:
+    """N×2 ``[log p_y, log Σ_{c≠y} p_c]`` from log-probabilities, in log space: the second is a logsumexp over the
+    non-target classes, exact and differentiable however far the target logit leads (1 − p_y is never formed)."""
+    log_target = log_p.masked_fill(~target, 0.0).sum(1)
+    log_rest = log_p.masked_fill(target, float("-inf")).logsumexp(1)
+    return torch.stack([log_target, log_rest], dim=1)
+
+
 def dkd_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Tensor, alpha: float, beta: float,
              T: float) -> Tensor:
-    """alpha·TCKD + beta·NCKD (both ×T², KL summed over classes and averaged over the batch); fp32."""
+    """alpha·TCKD + beta·NCKD (both ×T², KL summed over classes and averaged over the batch); fp32, in log space."""
     z_s, z_t = student_logits.float() / T, teacher_logits.float() / T
     target = F.one_hot(labels, z_s.shape[1]).bool()
-
-    def binary(z: Tensor) -> Tensor:  # [p_y, Σ_{c≠y} p_c]
-        p = z.softmax(dim=1)
-        return torch.stack([(p * target).sum(1), (p * ~target).sum(1)], dim=1).clamp_min(1e-12)
-
-    b_s, b_t = binary(z_s), binary(z_t)
-    tckd = F.kl_div(b_s.log(), b_t, reduction="batchmean")
+    log_b_s, log_b_t = target_split(z_s.log_softmax(1), target), target_split(z_t.log_softmax(1), target)
+    tckd = F.kl_div(log_b_s, log_b_t, reduction="batchmean", log_target=True)
     # non-target distributions: the target logit pushed to -1e9 (its probability is exactly 0 in fp32)
     log_q_s = F.log_softmax(z_s.masked_fill(target, -1e9), dim=1)
     log_q_t = F.log_softmax(z_t.masked_fill(target, -1e9), dim=1)

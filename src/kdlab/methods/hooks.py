@@ -11,8 +11,10 @@ Outside ``capture()`` the hooks record nothing, so evaluating or saving the mode
 a method's params; when empty, the model's ``stage_names`` attribute (dotted names, shallow to deep) is used.
 
 A name ending in ``:input`` records the module's (first positional) *input* instead of its output: ``"fc:input"`` is
-the penultimate embedding a classifier reads. :func:`embedding_layers` defaults to ``"<classifier>:input"``, the
-classifier being the model's last ``nn.Linear`` (:func:`classifier_name`).
+the penultimate embedding a classifier reads. :func:`embedding_layers` defaults to the pooled feature before any
+dropout: the module the model names in its ``pre_logits_name`` attribute (EfficientNet and MobileNetV3, whose
+classifiers apply dropout: the input of their last Linear is dropout-masked in training while the teacher's, in eval,
+is not), else ``"<classifier>:input"``, the classifier being the model's last ``nn.Linear`` (:func:`classifier_name`).
 """
 
 from __future__ import annotations
@@ -117,9 +119,13 @@ def classifier_name(model: nn.Module, key: str) -> str:
 
 
 def embedding_layers(model: nn.Module, names: Sequence[str], key: str) -> list[str]:
-    """``names`` (checked), or the penultimate embedding: ``["<classifier>:input"]``."""
+    """``names`` (checked), or the penultimate embedding before any dropout: ``[model.pre_logits_name]`` where the
+    model declares it, else ``["<classifier>:input"]``."""
     if names:
         return resolve_layers(model, names, key)
+    pre_logits = getattr(model, "pre_logits_name", None)
+    if isinstance(pre_logits, str) and pre_logits:
+        return resolve_layers(model, [pre_logits], key)
     return [classifier_name(model, key) + INPUT_SUFFIX]
 
 

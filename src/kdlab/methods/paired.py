@@ -2,7 +2,8 @@
 
 The pairs come from the method's ``student_layers``/``teacher_layers`` params through
 :func:`kdlab.methods.hooks.layer_pairs`; an empty list means the method's default (``layer_default``): every stage,
-the last stage, or the penultimate embedding (``"<classifier>:input"``). Any ``nn.Module`` works: layers are read by
+the last stage, or the penultimate embedding before any dropout (the model's ``pre_logits_name``, else
+``"<classifier>:input"``; see :func:`kdlab.methods.hooks.embedding_layers`). Any ``nn.Module`` works: layers are read by
 forward hooks on dotted module names.
 """
 

@@ -10,8 +10,8 @@ f̂ = f / (‖f‖ + eps) the normalized N×D embeddings:
 
 The mean runs over all N² entries (not a per-row sum), eps = 1e-7 — as the authors' code that RepDistiller
 (distiller_zoo/PKT.py) and mdistiller (mdistiller/distillers/PKT.py) use. Defaults from both: feat_weight = 30000,
-CE weight 1, on the penultimate embedding (``feat[-1]`` / ``pooled_feat``; here ``"<classifier>:input"``; override with
-``student_layers``/``teacher_layers``, several pairs are summed).
+CE weight 1, on the penultimate embedding (``feat[-1]`` / ``pooled_feat``; here ``"<classifier>:input"``, or the model's
+``pre_logits_name`` before a dropout; override with ``student_layers``/``teacher_layers``, several pairs are summed).
 """
 
 from __future__ import annotations

@@ -11,15 +11,15 @@ pyramid scales:
     L = CE(y, p_s) + feat_weight · min((epoch + 1) / warmup_epochs, 1) · Σ_i HCL(O_i, T_i)
 
 (pool_l: adaptive average pooling to l×l; levels already ≥ the map's height are skipped and do not halve w). Levels are
-every stage (``stage_names``, student and teacher paired from the deep end) plus the penultimate embedding as a 1×1
-map (``"<classifier>:input"``), as the reference (student ``feats[1:] + pooled_feat``); ``student_layers`` /
-``teacher_layers`` name other levels, shallow to deep. ABF widths: the student's channels in, the teacher's out, the
-middle width min(512, channels of the student's deepest level); conv weights start kaiming-uniform (a = 1) — all read
-from the probe. Defaults as mdistiller (mdistiller/distillers/ReviewKD.py, engine/cfg.py: REVIEWKD_WEIGHT 1.0,
-WARMUP_EPOCHS 20 counted from epoch 1, CE_WEIGHT 1, MAX_MID_CHANNEL 512, HCL levels 4, 2, 1 with halving weights and
-every stage weighted 1) and the authors' code (dvlab-research/ReviewKD CIFAR-100/train.py: ``--kd-loss-weight 1.0``,
-``--kd-warm-up 20``, whose first epoch has weight 0). Both tune feat_weight per pair (5.0 for resnet32x4 -> resnet8x4,
-0.6–1.0 for the plain ResNets).
+every stage (``stage_names``, student and teacher paired from the deep end) plus the penultimate embedding as a 1×1 map
+(``"<classifier>:input"``, or the model's ``pre_logits_name`` before a dropout), as the reference (student ``feats[1:] +
+pooled_feat``); ``student_layers`` / ``teacher_layers`` name other levels, shallow to deep. ABF widths: the student's
+channels in, the teacher's out, the middle width min(512, channels of the student's deepest level); conv weights start
+kaiming-uniform (a = 1) — all read from the probe. Defaults as mdistiller (mdistiller/distillers/ReviewKD.py,
+engine/cfg.py: REVIEWKD_WEIGHT 1.0, WARMUP_EPOCHS 20 counted from epoch 1, CE_WEIGHT 1, MAX_MID_CHANNEL 512, HCL levels
+4, 2, 1 with halving weights and every stage weighted 1) and the authors' code (dvlab-research/ReviewKD
+CIFAR-100/train.py: ``--kd-loss-weight 1.0``, ``--kd-warm-up 20``, whose first epoch has weight 0). Both tune
+feat_weight per pair (5.0 for resnet32x4 -> resnet8x4, 0.6–1.0 for the plain ResNets).
 
 Deviation: the reference matches the teacher's *pre-activation* stage outputs (before the final ReLU); kdlab reads what
 the named layers output (post-activation for most models), unless ``teacher_layers`` names pre-activation modules.

@@ -11,7 +11,8 @@ Distances use ‖a‖² + ‖b‖² − 2⟨a, b⟩ clamped at eps = 1e-12 befor
 over all N² (distance) and N³ (angle) entries, diagonals included — as RepDistiller (distiller_zoo/RKD.py) and
 mdistiller (mdistiller/distillers/RKD.py) compute it. Defaults from both: w_d = 25, w_a = 50, CE weight 1, on the
 penultimate embedding (RepDistiller's ``feat[-1]``, mdistiller's ``pooled_feat``: here the input of the classifier,
-``"<classifier>:input"``; override with ``student_layers``/``teacher_layers``, several pairs are summed).
+``"<classifier>:input"``, or the model's ``pre_logits_name`` before a dropout; override with
+``student_layers``/``teacher_layers``, several pairs are summed).
 The angle term holds N×N×D differences: at batch 256 and D = 2048 that is 0.5 GB in fp32.
 """
 

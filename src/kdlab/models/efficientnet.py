@@ -4,7 +4,9 @@ Module, parameter and buffer names match torchvision's ``efficientnet_b0/b2`` ex
 ``classifier.1``), so a torchvision state dict loads with ``strict=True``. As in torchvision: SiLU activations,
 squeeze-excitation with a sigmoid gate, PyTorch-default BatchNorm (eps 1e-5, momentum 0.1; torchvision switches to
 eps 1e-3 only from B5 on), and stochastic depth (Huang et al. 2016) whose drop rate grows linearly with block index
-from 0 to ``stochastic_depth_prob``, applied in training only.
+from 0 to ``stochastic_depth_prob``, applied in training only. ``pre_logits_name`` names the module whose output is
+the pooled feature before the classifier's dropout (``avgpool``); the dropout is not in place so that feature stays
+unmasked (same values and state dict as torchvision's in-place one).
 """
 
 from __future__ import annotations
@@ -130,8 +132,10 @@ class EfficientNet(nn.Module):
         layers.append(ConvNormActivation(head_in, 4 * head_in, 1, activation_layer=nn.SiLU))
         self.features = nn.Sequential(*layers)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(4 * head_in, num_classes))
+        # Not in place (torchvision's is): the pooled feature that pre_logits_name names must stay unmasked.
+        self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(4 * head_in, num_classes))
         self.stage_names: tuple[str, ...] = stage_ends([stem_stride] + [c.stride for c in stages] + [1])
+        self.pre_logits_name = "avgpool"  # the pooled feature (N×C×1×1), before the classifier's dropout
         self._init_weights()
 
     def _init_weights(self) -> None:

@@ -3,6 +3,8 @@
 Module, parameter and buffer names match torchvision's ``mobilenet_v3_small/large`` exactly (``features.N.block.M``,
 ``classifier.3``), so a torchvision state dict loads with ``strict=True``. As in torchvision: hard-swish and ReLU
 activations, squeeze-excitation with a hard-sigmoid gate, BatchNorm with eps 0.001 and momentum 0.01.
+``pre_logits_name`` names the module whose output is the feature the last Linear reads, before the dropout
+(``classifier.1``); the dropout is not in place so that feature stays unmasked (same values and state dict).
 This module also holds the conv-norm-activation and squeeze-excitation layers that EfficientNet shares.
 """
 
@@ -166,10 +168,11 @@ class MobileNetV3(nn.Module):
         self.classifier = nn.Sequential(
             nn.Linear(6 * head_in, last_channel),
             nn.Hardswish(inplace=True),
-            nn.Dropout(p=dropout, inplace=True),
+            nn.Dropout(p=dropout),  # not in place (torchvision's is): classifier.1's output must stay unmasked
             nn.Linear(last_channel, num_classes),
         )
         self.stage_names: tuple[str, ...] = stage_ends([stem_stride] + [c.stride for c in setting] + [1])
+        self.pre_logits_name = "classifier.1"  # the last hidden feature (hard-swish output), before the dropout
         self._init_weights()
 
     def _init_weights(self) -> None:

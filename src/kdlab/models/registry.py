@@ -2,10 +2,11 @@
 
 Models know nothing of training or distillation: a model is a plain ``nn.Module`` whose ``forward`` returns logits.
 kdlab's own models set ``model.stage_names``: the dotted module names of their stages, shallow to deep, so that
-feature-based methods can hook them (``model.get_submodule(name)``); a user's model need not (feature methods then
-take layer names from ``method.student_layers`` / ``method.teacher_layers``). ``torchvision:NAME`` and ``timm:NAME``
-build models from those libraries when they are importable (see ``kdlab.models.external``); ``module:Name`` builds a
-plug-in's class or factory.
+feature-based methods can hook them (``model.get_submodule(name)``); a user's model need not (feature methods then take
+layer names from ``method.student_layers`` / ``method.teacher_layers``). A model whose classifier applies dropout may
+also set ``model.pre_logits_name``: the module whose output is the pooled feature before that dropout.
+``torchvision:NAME`` and ``timm:NAME`` build models from those libraries when they are importable (see
+``kdlab.models.external``); ``module:Name`` builds a plug-in's class or factory.
 """
 
 from __future__ import annotations
