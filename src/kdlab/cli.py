@@ -73,7 +73,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def cmd_export(args: argparse.Namespace) -> dict:
     from kdlab.export import export
 
-    return export(args.source, format=args.format, out=args.out, int8=args.int8, device=args.device)
+    import_modules(args.imports)
+    return export(args.source, format=args.format, out=args.out, int8=args.int8, device=args.device,
+                  imports=args.imports)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -100,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
     summary = ExperimentRunner(exp).run()
-    report = _report(exp.directory, exp.device)
+    report = _report(exp.directory, exp.device, exp.imports)
     if summary["failed"]:
         first = summary["failed"][0]
         raise KdlabError(f"{len(summary['failed'])} of {summary['runs']} runs failed (the report has the others; run "
@@ -110,14 +112,14 @@ def cmd_run(args: argparse.Namespace) -> dict:
 
 def cmd_report(args: argparse.Namespace) -> dict:
     import_modules(args.imports)
-    return {"report": str(_report(Path(args.directory), args.device))}
+    return {"report": str(_report(Path(args.directory), args.device, args.imports))}
 
 
-def _report(directory: Path, device: str) -> Path:
+def _report(directory: Path, device: str, imports: list[str]) -> Path:
     from kdlab.engine.device import resolve_device
     from kdlab.report import build_report
 
-    path = build_report(directory, device=str(resolve_device(device)), log=log.info)
+    path = build_report(directory, device=str(resolve_device(device)), log=log.info, imports=imports)
     log.info(f"report: {path}")
     return path
 

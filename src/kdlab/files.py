@@ -166,6 +166,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get(METADATA_KEY, "{}"))
-        return load_file(str(path)), meta
+        tensors = load_file(str(path))
     except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: malformed kdlab metadata (a {type(meta).__name__}, not a mapping)")
+    return tensors, meta

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,17 +40,21 @@ class TestData:
     """
 
     def __init__(self, dataset: dict, device: torch.device, objects: Any = None,
-                 models: dict[str, Callable] | None = None, splits: Any = None) -> None:
+                 models: dict[str, Callable] | None = None, splits: Any = None, imports: Sequence[str] = (),
+                 trust_code: bool = False) -> None:
         self.cfg: DataConfig = from_dict(DataConfig, dataset, prefix="dataset.")
         self.device = device
         self.objects = objects
         self.models = dict(models or {})
         self.splits = splits  # the dataset's splits when the caller has them loaded already
+        self.imports = list(imports)  # the plug-in modules the user named: the only ones a weights file may import
+        self.trust_code = trust_code
         self._loader: BatchLoader | None = None
 
     def load(self, path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
         """A run's saved weights in a rebuilt model (or in a fresh copy of the given module)."""
-        return load_model(path, device or self.device, factories=self.models)
+        return load_model(path, device or self.device, factories=self.models, allowed_imports=self.imports,
+                          trust_code=self.trust_code)
 
     @property
     def identity(self) -> dict:
