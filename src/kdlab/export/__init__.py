@@ -181,6 +181,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     device = resolve_device(device)
     src = load_source(source, imports, trust_code)
     path = destination(src, format, out)
+    _check_writable(path.parent)
     (path.parent / RESULT_FILE).unlink(missing_ok=True)  # written last: present = a complete, verified export
     threads = torch.get_num_threads()
     result: dict = {"format": format, "source": str(src.weights), "source_sha256": _sha256(src.weights),
@@ -205,6 +206,21 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     result["results"] = str(path.parent / RESULT_FILE)
     files.write_json(path.parent / RESULT_FILE, result)
     return result
+
+
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a scratch file there, or raise one line naming it (before any work is done)."""
+    import tempfile
+
+    from kdlab.errors import FILE_SYSTEM_ERRORS
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = FILE_SYSTEM_ERRORS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+        raise KdlabError(f"cannot write the export to {folder}: {reason}") from None
 
 
 # The per-format columns export_run returns (prefixed by the format: onnx_test_top1 ...).

@@ -113,6 +113,7 @@ def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_c
                              f"or pass a student .safetensors file")
         if not run.model.is_file():
             raise CheckpointError(f"{path} holds no student model ({run.model.name}); export a student run")
+        run.check_finished()  # a damaged student is never shipped
         weights = run.model
     else:
         weights = path

@@ -12,15 +12,17 @@ from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor
 
 from kdlab.config import DataConfig, from_dict
 from kdlab.data import BatchLoader, load_splits, make_loader
 from kdlab.engine.evaluate import classification_metrics, predict
+from kdlab import console
 from kdlab.errors import KdlabError
 from kdlab.report.calibration import ReliabilityBins, reliability_bins
 from kdlab.rundir import RunDir
-from kdlab.report.evalcache import cache_key, read_cache, read_logits, write_cache
+from kdlab.report.evalcache import CACHE_JSON, cache_key, read_cache, read_logits, write_cache
 from kdlab.models.saved import load_model
 from kdlab.report.manifest import ROLES, Manifest, ManifestRun
 
@@ -149,17 +151,26 @@ def evaluate_run(spec: ManifestRun, result: dict, data: TestData, log: Log) -> t
     key = cache_key(spec.model_path, spec.best_path, data.identity)
     cached = read_cache(spec.run_dir, key)
     if cached is not None:
-        metrics, tensors = cached, read_logits(spec.run_dir)
-    else:
-        metrics, tensors = _compute(spec, result, data, log)
-        write_cache(spec.run_dir, key, metrics, tensors)
+        try:
+            tensors = read_logits(spec.run_dir)
+            return _run_eval(spec, result, cached, tensors, key, True), tensors
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, SafetensorError) as exc:
+            console.log.warning(f"warning: {spec.run_dir / CACHE_JSON} is malformed ({type(exc).__name__}); "
+                                f"ignoring it and evaluating the run again")
+    metrics, tensors = _compute(spec, result, data, log)
+    write_cache(spec.run_dir, key, metrics, tensors)
+    return _run_eval(spec, result, metrics, tensors, key, False), tensors
+
+
+def _run_eval(spec: ManifestRun, result: dict, metrics: dict, tensors: dict[str, Tensor], key: dict,
+              hit: bool) -> RunEval:
+    """The :class:`RunEval` of computed or cached ``metrics`` (a malformed cache raises KeyError/TypeError here)."""
     logits, labels = tensors["last"], tensors["labels"]
-    run = RunEval(spec=spec, result=result, history=spec.files.read_history(), last=metrics["last"],
+    return RunEval(spec=spec, result=result, history=spec.files.read_history(), last=metrics["last"],
                   selected=metrics["selected"], input_shape=list(metrics["input_shape"]),
                   class_names=list(metrics["class_names"]),
-                  confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=cached is not None,
+                  confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=hit,
                   cache={k: v for k, v in metrics.items() if k != "key"}, cache_key=key)
-    return run, tensors
 
 
 # -- the whole experiment ---------------------------------------------------------------------------------------------
