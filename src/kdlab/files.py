@@ -108,6 +108,9 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
     """An exclusive, non-blocking lock on ``directory`` (its ``.lock`` file; released by the OS if the process dies):
     a second kdlab process working there is refused with one line naming ``what`` it is doing."""
     directory = Path(directory)
+    if directory.is_symlink():
+        raise KdlabError(f"{directory} is a symbolic link: kdlab writes only real folders inside out_dir; remove it, or "
+                         f"choose another name")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a planted `.lock -> somewhere` is refused (ELOOP), never truncated through
