@@ -138,6 +138,7 @@ def test_out_of_range_values_name_their_key(override, key):
 
 def test_nan_and_huge_values_stay_for_the_divergence_check():
     assert load_config(TrainConfig, None, ["optim.lr=1e30", "seed=18446744073709551615"]).seed == 2 ** 64 - 1
+    assert load_config(TrainConfig, None, ["optim.betas=[9E-1, 999e-3]"]).optim.betas == (0.9, 0.999)
 
 
 @pytest.mark.parametrize("text, words", [

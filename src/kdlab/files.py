@@ -109,8 +109,8 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
     a second kdlab process working there is refused with one line naming ``what`` it is doing."""
     directory = Path(directory)
     if directory.is_symlink():
-        raise KdlabError(f"{directory} is a symbolic link: kdlab writes only real folders inside out_dir; remove it, or "
-                         f"choose another name")
+        raise KdlabError(f"{directory} is a symbolic link: kdlab writes only real folders inside out_dir; remove "
+                         f"it, or choose another name")
     try:
         directory.mkdir(parents=True, exist_ok=True)
         # O_NOFOLLOW: a planted `.lock -> somewhere` is refused (ELOOP), never truncated through
