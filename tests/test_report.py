@@ -317,9 +317,9 @@ def test_teacher_given_as_a_checkpoint(experiment, tmp_path):
                "seed": 0, "model": "cnn_small", "run_dir": None, "checkpoint": given}
     runs = [teacher] + [r for r in manifest["runs"] if r["key"] in ("baseline-s0", "kd-s0")]
     exp = tmp_path / "given"
-    for run in runs:  # a manifest's runs are inside its experiment (an absolute or escaping run_dir is refused)
-        if run["run_dir"]:
-            shutil.copytree(experiment["exp"] / run["run_dir"], exp / run["run_dir"])
+    for row in runs:  # a manifest's runs are inside its experiment (an absolute or escaping run_dir is refused)
+        if row["run_dir"]:
+            shutil.copytree(experiment["exp"] / row["run_dir"], exp / row["run_dir"])
     exp.mkdir(exist_ok=True)
     (exp / "manifest.json").write_text(json.dumps({**manifest, "runs": runs}))
     results = _results({"out": build_report(exp)})
