@@ -3,6 +3,7 @@ against metrics recomputed here, independently, from the saved checkpoints."""
 
 import csv
 import json
+import shutil
 import math
 import time
 from pathlib import Path
@@ -315,9 +316,11 @@ def test_teacher_given_as_a_checkpoint(experiment, tmp_path):
     teacher = {"key": "given-teacher", "role": "teacher", "teacher": None, "student": "cnn_small", "method": "ce",
                "seed": 0, "model": "cnn_small", "run_dir": None, "checkpoint": given}
     runs = [teacher] + [r for r in manifest["runs"] if r["key"] in ("baseline-s0", "kd-s0")]
-    runs = [{**r, "run_dir": str(experiment["exp"] / r["run_dir"]) if r["run_dir"] else None} for r in runs]
     exp = tmp_path / "given"
-    exp.mkdir()
+    for row in runs:  # a manifest's runs are inside its experiment (an absolute or escaping run_dir is refused)
+        if row["run_dir"]:
+            shutil.copytree(experiment["exp"] / row["run_dir"], exp / row["run_dir"])
+    exp.mkdir(exist_ok=True)
     (exp / "manifest.json").write_text(json.dumps({**manifest, "runs": runs}))
     results = _results({"out": build_report(exp)})
     ind = _independent(experiment)

@@ -33,9 +33,9 @@ def _last_json(text):
 def test_every_python_float_spelling_is_a_number(text, value, tmp_path):
     assert load_config(TrainConfig, overrides=[f"optim.lr={text}"]).optim.lr == value
     path = tmp_path / "c.yaml"
-    path.write_text(f"optim:\n  lr: {text}\n  weight_decay: {text}\n  betas: [{text}, 0.999]\n  milestones: [{text}]\n")
+    path.write_text(f"optim:\n  lr: {text}\n  weight_decay: {text}\n  milestones: [{text}]\n")  # (betas: < 1)
     cfg = load_config(TrainConfig, path)
-    assert cfg.optim.lr == cfg.optim.weight_decay == cfg.optim.betas[0] == cfg.optim.milestones[0] == value
+    assert cfg.optim.lr == cfg.optim.weight_decay == cfg.optim.milestones[0] == value
     assert isinstance(cfg.optim.lr, float)
 
 

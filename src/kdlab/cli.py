@@ -73,7 +73,9 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 def cmd_export(args: argparse.Namespace) -> dict:
     from kdlab.export import export
 
-    return export(args.source, format=args.format, out=args.out, int8=args.int8, device=args.device)
+    import_modules(args.imports)
+    return export(args.source, format=args.format, out=args.out, int8=args.int8, device=args.device,
+                  imports=args.imports)
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -102,7 +104,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
     server = _serve_live(exp.directory, args.port) if args.serve else None
     try:
         summary = run_experiment(exp)
-        report = _report(exp.directory, exp.device)
+        report = _report(exp.directory, exp.device, exp.imports)
     finally:
         if server is not None:
             server.shutdown()
@@ -131,11 +133,11 @@ def _serve_live(directory: Path, port: int):
 def cmd_report(args: argparse.Namespace) -> dict:
     import_modules(args.imports)
     if args.serve:
-        return _serve_report(Path(args.directory), args.device, args.port)
-    return {"report": str(_report(Path(args.directory), args.device))}
+        return _serve_report(Path(args.directory), args.device, args.port, args.imports)
+    return {"report": str(_report(Path(args.directory), args.device, args.imports))}
 
 
-def _serve_report(directory: Path, device: str, port: int) -> dict:
+def _serve_report(directory: Path, device: str, port: int, imports: Sequence[str] = ()) -> dict:
     """Serve the report folder on 127.0.0.1 until Ctrl-C: the report when every run is over, else the live page
     (refreshed here every few seconds), then the report once the last run ends."""
     import time
@@ -144,7 +146,7 @@ def _serve_report(directory: Path, device: str, port: int) -> dict:
 
     over = finished(experiment_status(directory)[1])
     if over:
-        _report(directory, device)
+        _report(directory, device, imports)
     write_live(directory)
     url, server = serve(directory / "report", port)
     log.info(f"serving {directory / 'report'} at {url}{'index.html' if over else 'live.html'} (Ctrl-C stops)")
@@ -154,7 +156,7 @@ def _serve_report(directory: Path, device: str, port: int) -> dict:
             if not over:
                 over = finished(experiment_status(directory)[1])
                 if over:
-                    _report(directory, device)
+                    _report(directory, device, imports)
                 write_live(directory)
     except KeyboardInterrupt:
         pass
@@ -163,11 +165,11 @@ def _serve_report(directory: Path, device: str, port: int) -> dict:
     return {"report": str(directory / "report"), "url": url}
 
 
-def _report(directory: Path, device: str) -> Path:
+def _report(directory: Path, device: str, imports: Sequence[str] = ()) -> Path:
     from kdlab.engine.device import resolve_device
     from kdlab.report import build_report
 
-    path = build_report(directory, device=str(resolve_device(device)), log=log.info)
+    path = build_report(directory, device=str(resolve_device(device)), log=log.info, imports=imports)
     log.info(f"report: {path}")
     return path
 

@@ -8,6 +8,11 @@ Rules, the same for every config in kdlab:
 - Unknown keys and values of the wrong type are rejected with one line naming the key (a ConfigError).
 - A dataclass may declare ``__extra__ = "field"``: keys it does not know are collected into that ``dict`` field and
   validated later by whoever knows their schema (a method's hyperparameters, a model's keyword arguments).
+- Values are checked beyond their type: no NUL byte in a string (a path or a name), integers within 64 bits, seeds
+  (``*seed``, ``seeds``) in [0, 2**64), ``threads`` at least 1; a dataclass may add its own ``__check__(prefix)``
+  (the optimizer's: no negative learning rate, momentum or weight decay; Adam betas in [0, 1)).
+- YAML is read by :class:`StrictLoader`: a key given twice, an anchor or alias (``&x`` / ``*x``, the "billion laughs")
+  and a file over :data:`MAX_CONFIG_BYTES` are refused with one line.
 """
 
 from __future__ import annotations
@@ -24,6 +29,51 @@ import yaml
 from kdlab.errors import ConfigError
 
 C = TypeVar("C")
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB: anything over 1 MiB is not one
+INT_LIMIT = 1 << 63  # integers beyond 64 bits (signed) overflow every consumer (torch, numpy)
+SEED_LIMIT = 1 << 64  # torch.manual_seed takes [0, 2**64)
+
+
+class RangeError(ConfigError):
+    """A value of the right type outside its key's range (a Union annotation does not try its other types then)."""
+
+
+class StrictYAMLError(yaml.YAMLError):
+    """A YAML construct kdlab configs refuse (duplicate key, anchor, alias), with the 1-based line it is on."""
+
+    def __init__(self, problem: str, line: int) -> None:
+        super().__init__(f"{problem} at line {line}")
+
+
+class StrictLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader that also refuses a key given twice in one mapping (PyYAML keeps the last silently) and
+    anchors/aliases (``&x`` / ``*x``: a few lines can expand to gigabytes, the "billion laughs")."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise StrictYAMLError("anchors and aliases (&name, *name) are not allowed in kdlab configs",
+                                  event.start_mark.line + 1)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: SafeLoader's own error names it
+                    continue
+                if duplicate:
+                    raise StrictYAMLError(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_load(text: str) -> Any:
+    """``text`` parsed by :class:`StrictLoader` (raises a ``yaml.YAMLError``)."""
+    return yaml.load(text, Loader=StrictLoader)  # noqa: S506 - StrictLoader is a SafeLoader
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -34,7 +84,9 @@ C = TypeVar("C")
 def parse_value(text: str) -> Any:
     """Read a command-line value as a YAML scalar or flow collection; fall back to the plain string."""
     try:
-        return yaml.safe_load(text)
+        return yaml_load(text)
+    except StrictYAMLError as exc:
+        raise ConfigError(f"value {text!r}: {exc}") from None
     except yaml.YAMLError:
         return text
 
@@ -84,12 +136,18 @@ def split_args(args: list[str] | tuple[str, ...]) -> tuple[str | None, list[str]
 
 
 def load_yaml(path: str | Path) -> dict:
+    """A YAML config file as a mapping, read strictly (:class:`StrictLoader`, at most :data:`MAX_CONFIG_BYTES`)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size} bytes is too large for a config file "
+                          f"(at most {MAX_CONFIG_BYTES})")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = yaml_load(path.read_text()) or {}
+    except StrictYAMLError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else "parse error"
         raise ConfigError(f"{path}: invalid YAML ({first})") from None
     if not isinstance(data, dict):
@@ -121,6 +179,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         for arg in (a for a in args if a is not type(None)):
             try:
                 return _coerce(arg, value, key)
+            except RangeError:
+                raise
             except ConfigError:
                 continue
         raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
@@ -151,9 +211,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return value
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
+            return _check_int(value, key)
         if isinstance(value, str) and (number := _parse_number(value, int)) is not None:
-            return number
+            return _check_int(number, key)
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -161,8 +221,23 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             return number
     elif tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            if "\0" in str(value):
+                raise RangeError(f"config key {key!r}: contains a NUL byte")
             return str(value)
     raise ConfigError(f"config key {key!r}: expected {_type_name(tp)}, got {value!r}")
+
+
+def _check_int(value: int, key: str) -> int:
+    """Bounds every integer key has by its name: seeds in [0, 2**64), ``threads`` at least 1, others 64-bit."""
+    name = key.rpartition(".")[2].partition("[")[0]
+    if name.endswith("seed") or name == "seeds":
+        if not 0 <= value < SEED_LIMIT:
+            raise RangeError(f"config key {key!r}: a seed is an integer in [0, 2**64), got {value}")
+    elif name == "threads" and value < 1:
+        raise RangeError(f"config key {key!r}: must be at least 1 (or null for automatic), got {value}")
+    elif not -INT_LIMIT <= value < INT_LIMIT:
+        raise RangeError(f"config key {key!r}: {value} does not fit in 64 bits")
+    return value
 
 
 def _parse_number(text: str, kind: type) -> Any:
@@ -210,7 +285,11 @@ def from_dict(cls: type[C], data: dict, prefix: str = "") -> C:
         kwargs[key] = _coerce(hints[key], value, prefix + key)
     if extra_name:
         kwargs[extra_name] = extra
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check = getattr(obj, "__check__", None)
+    if callable(check):
+        check(prefix)
+    return obj
 
 
 def to_dict(obj: Any) -> Any:
@@ -315,6 +394,15 @@ class OptimConfig:
     grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
     skip_nonfinite: int = 0  # batches with a NaN/inf loss skipped (with a warning) before the run stops
     lr_scaling: Literal["none", "linear"] = "none"  # linear: lr is for a global batch of 256 (lr × batch / 256)
+
+    def __check__(self, prefix: str = "optim.") -> None:
+        """Values no optimizer takes (NaN passes: it is reported as a diverged run, as torch would train it)."""
+        for key in ("lr", "momentum", "weight_decay", "grad_clip", "warmup_epochs"):
+            if getattr(self, key) < 0:
+                raise RangeError(f"config key {prefix + key!r}: must not be negative, got {getattr(self, key)}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise RangeError(f"config key '{prefix}betas[{i}]': Adam's betas are in [0, 1), got {beta}")
 
 
 @dataclass

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Optional
 
 from kdlab.config import TrainConfig
@@ -128,7 +128,11 @@ class PlannedRun:
                   "student": str(row["student"]), "method": str(row.get("method") or "ce"), "seed": int(row["seed"]),
                   "model": str(row.get("model") or ""), "labels": dict(row.get("labels") or {})}
         if row.get("run_dir"):
-            return cls(**common, run_dir=exp_dir / row["run_dir"])
+            relative = PurePath(str(row["run_dir"]))
+            if relative.is_absolute() or ".." in relative.parts or "\0" in str(relative):
+                raise ReportError(f"{exp_dir / MANIFEST_FILE}: run {common['key']!r} has run_dir {str(relative)!r}, "
+                                  f"which is not inside the experiment; a manifest names its runs relative to it")
+            return cls(**common, run_dir=exp_dir / relative)
         given = Path(str(row["checkpoint"])).expanduser()
         if not given.is_absolute() and not given.exists():
             given = exp_dir / given

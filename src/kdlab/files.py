@@ -108,10 +108,18 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
     """An exclusive, non-blocking lock on ``directory`` (its ``.lock`` file; released by the OS if the process dies):
     a second kdlab process working there is refused with one line naming ``what`` it is doing."""
     directory = Path(directory)
+    if directory.is_symlink():
+        raise KdlabError(f"{directory} is a symbolic link: kdlab writes only real folders inside out_dir; remove "
+                         f"it, or choose another name")
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        handle = open(directory / ".lock", "w")
+        # O_NOFOLLOW: a planted `.lock -> somewhere` is refused (ELOOP), never truncated through
+        fd = os.open(directory / ".lock", os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        handle = os.fdopen(fd, "w")
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise KdlabError(f"{directory / '.lock'} is a symbolic link: kdlab writes only real files inside "
+                             f"out_dir; remove it") from None
         reason = FILE_SYSTEM_ERRORS.get(exc.errno) or exc.strerror or str(exc)
         raise KdlabError(f"cannot create or write {directory}: {reason}") from None
     try:
@@ -120,6 +128,7 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
         handle.close()
         raise KdlabError(f"another kdlab process is {what} in {directory}; wait for it to finish") from None
     try:
+        handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
         yield
@@ -143,8 +152,28 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def json_text(data: Any) -> str:
+    """The exact text :func:`write_json` writes for ``data`` (so its sha256 can be recorded before it is written)."""
+    return json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    write_text(path, json.dumps(json_safe(data), indent=2, sort_keys=True, allow_nan=False) + "\n")
+    write_text(path, json_text(data))
+
+
+def find_symlink(directory: str | Path) -> Path | None:
+    """The first symbolic link at ``directory`` or anywhere below it (links are not followed), or None: kdlab writes
+    only inside out_dir, and a planted link would carry a write outside it."""
+    directory = Path(directory)
+    if directory.is_symlink():
+        return directory
+    if not directory.is_dir():
+        return None
+    for root, dirs, names in os.walk(directory):  # os.walk does not descend into linked folders
+        for name in sorted(dirs + names):
+            if os.path.islink(os.path.join(root, name)):
+                return Path(root) / name
+    return None
 
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
@@ -166,6 +195,9 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get(METADATA_KEY, "{}"))
-        return load_file(str(path)), meta
+        tensors = load_file(str(path))
     except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: malformed kdlab metadata (a {type(meta).__name__}, not a mapping)")
+    return tensors, meta

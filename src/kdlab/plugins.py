@@ -50,12 +50,31 @@ def import_module(name: str) -> ModuleType:
             raise ConfigError(f"cannot import plug-in module {name!r}: no such module (run kdlab from its folder "
                               f"or add that folder to PYTHONPATH)") from None
         raise ConfigError(f"plug-in module {name!r} failed to import: {_brief(exc)}") from None
-    except Exception as exc:  # the user's module raised while importing: name it and its first error line
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the module raised (or called sys.exit) while importing: name it and its first line
         raise ConfigError(f"plug-in module {name!r} failed to import: {_brief(exc)}") from None
 
 
 def import_modules(names: Iterable[str]) -> list[ModuleType]:
+    """Import each plug-in module the user named (``--import`` / ``imports:``); see :func:`import_module`."""
     return [import_module(n) for n in names]
+
+
+def check_trusted(modules: Iterable[str], allowed: Iterable[str], trust_code: bool, source: str) -> None:
+    """Refuse, with one line naming the option to add, a module that a *file* names (a weights file's metadata, a
+    manifest) unless the user named that same module for this command (``--import MODULE`` / ``imports:``) or passed
+    ``trust_code=True`` (as Hugging Face's ``trust_remote_code``): loading a file never runs code by itself.
+
+    ``source`` says which file named it (the error names it)."""
+    if trust_code:
+        return
+    permitted = set(allowed)
+    for module in modules:
+        if module not in permitted:
+            raise ConfigError(f"{source} names the plug-in module {module!r}, which kdlab imports (runs) only when "
+                              f"you say so: add --import {module} (imports: [{module}]; the API: "
+                              f"allowed_imports=[{module!r}] or trust_code=True) if you trust it")
 
 
 def resolve_object(path: str, what: str) -> Any:

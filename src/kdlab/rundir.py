@@ -12,7 +12,9 @@ One owner for the layout: the engine and the runner write through these names; t
     checkpoints/epoch-NNNN/      weights.safetensors (students + extra modules), state.pt (optimizer, RNG...)
     model.safetensors            the trained student (last epoch); best.safetensors: the val-selected epoch
     <name>.safetensors           further students of a method that trains several (dml: student2...)
-    checksums.json               sha256 of the final weights files, written just before result.json
+    checksums.json               sha256 of the final weights files (and of result.json and config.yaml), written
+                                 just before result.json
+    .kdlab-run                   the marker: kdlab made this folder (no other folder is ever cleaned or written)
     result.json                  final metrics; its presence marks the run finished
     failure.json                 why a run stopped unfinished (a NaN loss: part, epoch, step); removed on success
     export/<format>/             ``kdlab export``: the exported student, export.json, MODEL_CARD.md, model_card.json
@@ -28,6 +30,11 @@ from pathlib import Path
 
 MODEL_FILE = "model.safetensors"
 EXPORT_RESULT = "export.json"
+MARKER_FILE = ".kdlab-run"
+# Files only kdlab writes: a run directory made before the marker existed is recognized by one of them
+LEGACY_MARKERS = ("identity.json", "checkpoints/latest.json")
+# What a folder kdlab creates may hold before it is marked (its lock, a killed write's temporary file)
+_UNMARKED_OK = (".lock",)
 
 
 def weights_file(path: str | Path) -> Path:
@@ -81,14 +88,17 @@ class RunDir:
     def damaged_files(self) -> list[Path]:
         """The final weights files whose sha256 differs from the one recorded when the run finished, and
         model.safetensors if it is gone (a missing best.safetensors is read as "no val selection" where it is used);
-        empty for a run finished before checksums were recorded."""
-        recorded = _read_json(self.checksums)
-        if not isinstance(recorded, dict):
-            return []
+        checksums.json itself when it is missing or garbled (nothing can be verified then). result.json and
+        config.yaml are checked by :meth:`verify_result`."""
+        recorded = self.read_checksums()
+        if recorded is None:
+            return [self.checksums]
         from kdlab.files import sha256_file
 
         bad = []
         for name, digest in sorted(recorded.items()):
+            if name in (self.result.name, self.config.name):
+                continue
             path = self.path / name
             try:
                 if sha256_file(path) != digest:
@@ -103,16 +113,119 @@ class RunDir:
     def check_finished(self, only: Path | None = None) -> None:
         """Raise a one-line CheckpointError if a finished run's weights (or only the file ``only``) are damaged, saying
         what to do."""
-        bad = [p for p in self.damaged_files() if only is None or p.name == Path(only).name]
+        bad = [p for p in self.damaged_files() if only is None or p.name in (Path(only).name, self.checksums.name)]
         if bad:
             from kdlab.errors import CheckpointError
 
             fix = f"delete {self.path} to train the run again"
             if bad[0] != self.best:  # the students' files are rewritten from the last checkpoint; best.* is not
                 fix = f"delete {self.result} and run the same command to rewrite it from the last checkpoint, or {fix}"
-            what = "is missing" if not bad[0].exists() else (f"is damaged (its sha256 differs from the one recorded "
-                                                              f"in {self.checksums.name} when the run finished)")
+            if bad[0] == self.checksums:
+                what = "is missing or garbled (the run's weights cannot be verified)"
+            elif not bad[0].exists():
+                what = "is missing"
+            else:
+                what = f"is damaged (its sha256 differs from the one recorded in {self.checksums.name} when the run " \
+                       f"finished)"
             raise CheckpointError(f"{bad[0]} {what}, so the run is not served as finished: {fix}")
+
+    def read_checksums(self) -> dict[str, str] | None:
+        """``{file name: sha256}`` of checksums.json, or None when it is missing or garbled."""
+        data = _read_json(self.checksums)
+        if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            return None
+        return data
+
+    def verify_result(self, required: bool = False) -> dict:
+        """result.json, once its sha256 (and config.yaml's) matches the one recorded in checksums.json, as a dict;
+        raise one line naming the file otherwise. A run finished before result.json's sha256 was recorded is
+        accepted when it parses, unless ``required``. Call it (after :meth:`check_finished`) before trusting a result.
+        """
+        from kdlab.errors import CheckpointError
+        from kdlab.files import sha256_file
+
+        fix = f"delete {self.result} and run the same command to rewrite it, or delete {self.path}"
+        recorded = self.read_checksums() or {}
+        for path in (self.result, self.config):
+            digest = recorded.get(path.name)
+            if digest is None:
+                if required and path == self.result:
+                    raise CheckpointError(f"{path} is not recorded in {self.checksums.name}, so it cannot be "
+                                          f"verified: {fix}")
+                continue
+            try:
+                ok = sha256_file(path) == digest
+            except OSError:
+                ok = False
+            if not ok:
+                raise CheckpointError(f"{path} is missing or damaged (its sha256 differs from the one recorded in "
+                                      f"{self.checksums.name}): {fix}")
+        result = self.read_result()
+        if result is None:
+            raise CheckpointError(f"{self.result} is missing or not a JSON mapping: {fix}")
+        return result
+
+    # -- ownership and containment ------------------------------------------------------------------------------------
+    @property
+    def marker(self) -> Path:
+        return self.path / MARKER_FILE
+
+    def is_kdlab_run(self) -> bool:
+        """True when kdlab made this folder: its marker (a regular file), or, for a run made before the marker
+        existed, a file only kdlab writes (identity.json, checkpoints/latest.json)."""
+        if self.marker.is_file() and not self.marker.is_symlink():
+            return True
+        return any((self.path / name).is_file() for name in LEGACY_MARKERS)
+
+    def check_ours(self) -> None:
+        """Refuse (one line) a folder kdlab did not make that holds anything: it is never written, cleaned or
+        overwritten. A missing or empty folder (or one holding only kdlab's lock) is fine."""
+        from kdlab.errors import ConfigError
+
+        self.check_no_symlinks()
+        if not self.path.is_dir() or self.is_kdlab_run():
+            return
+        if any(p.name not in _UNMARKED_OK and not p.name.endswith(".tmp") for p in self.path.iterdir()):
+            raise ConfigError(f"{self.path} exists and was not made by kdlab (no {MARKER_FILE} file): kdlab never "
+                              f"writes into or cleans another folder; set name=... or out_dir=... for a new run")
+
+    def claim(self) -> None:
+        """Make this run directory kdlab's: check it (:meth:`check_ours`), create it and write its marker."""
+        from kdlab.files import write_text
+
+        self.check_ours()
+        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.marker.is_file():
+            write_text(self.marker, "kdlab run directory: kdlab may write, resume and clean what is in here\n")
+
+    def check_no_symlinks(self) -> None:
+        """Refuse (one line) a run directory that is, or holds, a symbolic link: a write through it would land outside
+        out_dir (a planted ``checkpoints -> /elsewhere``, or ``config.yaml -> ~/.bashrc``)."""
+        from kdlab.files import find_symlink
+
+        link = find_symlink(self.path)
+        if link is not None:
+            from kdlab.errors import ConfigError
+
+            raise ConfigError(f"{link} is a symbolic link: kdlab writes only real files inside out_dir; remove it, "
+                              f"or set name=... / out_dir=... for a new run")
+
+    def has_run_files(self) -> bool:
+        """True when the folder holds what a run writes once it has trained (a checkpoint, weights, a result)."""
+        return any(p.exists() for p in (self.checkpoints, self.result, self.model, self.best, self.identity))
+
+    def require_config(self) -> dict | None:
+        """The recorded config, or None for a folder holding no run yet. A folder with a run's files but no readable
+        config.yaml is refused (one line): its checkpoints could not be proven to belong to any config, so they are
+        never resumed under another one."""
+        config = self.read_config()
+        if config is None and self.has_run_files():
+            from kdlab.errors import CheckpointError
+
+            raise CheckpointError(f"{self.config} is missing or unreadable but {self.path} holds a run's files, whose "
+                                  f"config cannot be proven: restore {self.config.name}, or delete {self.path} to "
+                                  f"train the run again")
+        return config
 
     @property
     def failure(self) -> Path:
@@ -203,13 +316,18 @@ class RunDir:
         return rows
 
     def read_config(self) -> dict | None:
+        """config.yaml as a mapping (read strictly, see :class:`kdlab.config.StrictLoader`), or None."""
         if not self.config.is_file():
             return None
         import yaml
 
+        from kdlab.config import MAX_CONFIG_BYTES, yaml_load
+
         try:
-            data = yaml.safe_load(self.config.read_text())
-        except yaml.YAMLError:
+            if self.config.stat().st_size > MAX_CONFIG_BYTES:
+                return None
+            data = yaml_load(self.config.read_text())
+        except (yaml.YAMLError, OSError, UnicodeDecodeError):
             return None
         return data if isinstance(data, dict) else None
 

@@ -7,6 +7,7 @@ file names and layout are :class:`kdlab.rundir.RunDir`'s.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import re
@@ -38,7 +39,7 @@ class RunIO:
         self._tracking_opened = False  # the run's config was read for tracking (once, at its first use)
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
         if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.dir.claim()  # refuses another tool's folder and planted symbolic links; writes the kdlab marker
 
     @property
     def is_main(self) -> bool:
@@ -187,6 +188,19 @@ class RunIO:
         if self.is_main:
             files.write_json(self.dir.checksums,
                              {p.name: files.sha256_file(p) for p in sorted(self.run_dir.glob("*.safetensors"))})
+
+    def write_result(self, result: dict) -> None:
+        """Finish the run: checksums.json (the final weights, result.json's exact text and config.yaml), then
+        result.json, whose presence marks the run finished (:meth:`kdlab.rundir.RunDir.verify_result` checks it)."""
+        if not self.is_main:
+            return
+        text = files.json_text(result)
+        sums = {p.name: files.sha256_file(p) for p in sorted(self.run_dir.glob("*.safetensors"))}
+        sums[self.dir.result.name] = hashlib.sha256(text.encode()).hexdigest()
+        if self.dir.config.is_file():
+            sums[self.dir.config.name] = files.sha256_file(self.dir.config)
+        files.write_json(self.dir.checksums, sums)
+        files.write_text(self.dir.result, text)
 
     def save_student(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
         """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or

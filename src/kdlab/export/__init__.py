@@ -161,7 +161,7 @@ def _int8(source: Source, fp32: dict, fp32_logits, path: Path, threads: int, cal
 def export(source: str | Path, format: str = "onnx", out: str | Path | None = None, int8: bool = False,
            device: str = "cpu", *, verify_images: int = VERIFY_IMAGES,
            calibration_images: int = CALIBRATION_IMAGES, int8_max_drop: float = INT8_MAX_DROP,
-           onnx_exporter: str = "auto") -> dict:
+           onnx_exporter: str = "auto", imports: Sequence[str] = (), trust_code: bool = False) -> dict:
     """Export a student (a finished run directory or its ``.safetensors``) to ``format``, verify it, optionally
     quantize it to int8 (ONNX only), write ``export.json`` and the model card; returns the flat results
     (:data:`RESULT_KEYS`).
@@ -171,6 +171,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     thread count, onnxruntime given as many intra-op threads). ``verify_images``: the first N test images compared
     with PyTorch; ``calibration_images``: training images for int8; ``int8_max_drop``: test top-1 points the int8
     model may lose; ``onnx_exporter``: ``auto`` (dynamo, legacy if dynamo fails), ``dynamo`` or ``legacy``.
+    ``imports`` / ``trust_code``: the plug-in modules the student's file may import (``--import``), or any.
     """
     get_format(format)
     if int8 and format != "onnx":
@@ -178,8 +179,9 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     from kdlab.engine.device import resolve_device
 
     device = resolve_device(device)
-    src = load_source(source)
+    src = load_source(source, imports, trust_code)
     path = destination(src, format, out)
+    _check_writable(path.parent)
     (path.parent / RESULT_FILE).unlink(missing_ok=True)  # written last: present = a complete, verified export
     threads = torch.get_num_threads()
     result: dict = {"format": format, "source": str(src.weights), "source_sha256": _sha256(src.weights),
@@ -206,6 +208,21 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     return result
 
 
+def _check_writable(folder: Path) -> None:
+    """Create ``folder`` and write a scratch file there, or raise one line naming it (before any work is done)."""
+    import tempfile
+
+    from kdlab.errors import FILE_SYSTEM_ERRORS
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        reason = FILE_SYSTEM_ERRORS.get(exc.errno or 0) or exc.strerror or type(exc).__name__
+        raise KdlabError(f"cannot write the export to {folder}: {reason}") from None
+
+
 # The per-format columns export_run returns (prefixed by the format: onnx_test_top1 ...).
 RUN_COLUMNS = ("test_top1", "test_ece", "size_mb", "latency_b1_ms", "latency_b64_ms", "max_abs_diff",
                "top1_agreement")
@@ -213,7 +230,7 @@ INT8_COLUMNS = ("test_top1", "test_ece", "size_mb", "latency_b1_ms", "latency_b6
 
 
 def export_run(run_dir: str | Path, formats: Sequence[str] = ("onnx",), int8: bool = False, device: str = "cpu",
-               force: bool = False) -> dict:
+               force: bool = False, imports: Sequence[str] = (), trust_code: bool = False) -> dict:
     """Export a finished run to each of ``formats`` (train-or-load: an ``export.json`` made from the same weights
     and settings is read back, not redone, unless ``force``); returns one flat JSON-friendly dict:
 
@@ -230,7 +247,8 @@ def export_run(run_dir: str | Path, formats: Sequence[str] = ("onnx",), int8: bo
     out: dict = {}
     for fmt in formats:
         result = None if force else _cached(run_dir, fmt, int8)
-        result = result or export(run_dir, fmt, int8=int8 and fmt == "onnx", device=device)
+        result = result or export(run_dir, fmt, int8=int8 and fmt == "onnx", device=device, imports=imports,
+                                  trust_code=trust_code)
         key = fmt.replace("-", "_")
         out.update({f"{key}_{c}": result.get(c) for c in RUN_COLUMNS})
         out[f"{key}_dir"] = result["export_dir"]

@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterable, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -96,8 +96,11 @@ class Source:
             yield batch.images, batch.labels
 
 
-def load_source(source: str | Path) -> Source:
-    """Resolve a finished run directory (its ``model.safetensors``) or a student ``.safetensors`` file."""
+def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_code: bool = False) -> Source:
+    """Resolve a finished run directory (its ``model.safetensors``) or a student ``.safetensors`` file.
+
+    ``allowed_imports`` / ``trust_code``: the plug-in modules the file's metadata may import (see
+    :func:`kdlab.models.saved.load_model`)."""
     from kdlab.models.saved import load_model
 
     path = Path(source)
@@ -110,12 +113,13 @@ def load_source(source: str | Path) -> Source:
                              f"or pass a student .safetensors file")
         if not run.model.is_file():
             raise CheckpointError(f"{path} holds no student model ({run.model.name}); export a student run")
+        run.check_finished()  # a damaged student is never shipped
         weights = run.model
     else:
         weights = path
         run = RunDir(path.parent) if RunDir(path.parent).config.is_file() else None
     try:
-        model, meta = load_model(weights, torch.device("cpu"))
+        model, meta = load_model(weights, torch.device("cpu"), allowed_imports=allowed_imports, trust_code=trust_code)
     except SafetensorError as exc:  # a corrupt header escapes kdlab.files.load_weights
         raise CheckpointError(f"{weights}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") \
             from None

@@ -9,14 +9,14 @@ trained. :func:`load_model` rebuilds the model from that alone, in a new process
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Iterable, Mapping
 
 import torch
 
 import kdlab
 from kdlab.errors import CheckpointError
 from kdlab.files import load_weights
-from kdlab.models.registry import create_model
+from kdlab.models.registry import EXTERNAL_PREFIXES, create_model
 from kdlab.rundir import weights_file
 
 # Dataset settings a saved model needs to be evaluated as it was trained (no augmentation, no subsets of train).
@@ -48,31 +48,88 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def build_from_meta(meta: dict, path: Path | str = "checkpoint") -> torch.nn.Module:
-    """A freshly initialized model of the architecture ``meta`` describes (its plug-ins imported first)."""
-    from kdlab.plugins import import_modules
+# Keyword arguments of a torchvision / timm model that would read a file or fetch weights: a file's metadata may not
+# set them (timm's ``checkpoint_path`` unpickles; ``pretrained``/``weights`` download)
+_EXTERNAL_LOADING_KWARGS = ("checkpoint_path", "pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "weights",
+                            "weights_backbone", "cache_dir")
 
-    if "model" not in meta:
+
+def check_meta(meta: object, path: Path | str = "checkpoint") -> dict:
+    """The metadata of a kdlab model file, its fields checked (one-line CheckpointError naming the file): ``model`` a
+    name, ``num_classes`` / ``in_channels`` positive integers, ``model_kwargs`` a mapping, ``imports`` module names."""
+    if not isinstance(meta, dict) or "model" not in meta:
         raise CheckpointError(f"{path} is not a kdlab model checkpoint (no model metadata); "
                               f"use it as model.pretrained=... instead")
-    import_modules(meta.get("imports") or [])
+    problems = []
+    if not isinstance(meta["model"], str) or not meta["model"]:
+        problems.append(f"model {meta['model']!r} is not a name")
+    for key in ("num_classes", "in_channels"):
+        value = meta.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            problems.append(f"{key} is {value!r}, not a positive integer" if key in meta else f"no {key}")
+    if not isinstance(meta.get("model_kwargs", {}), dict):
+        problems.append("model_kwargs is not a mapping")
+    imports = meta.get("imports") or []
+    if not isinstance(imports, list) or not all(isinstance(m, str) for m in imports):
+        problems.append("imports is not a list of module names")
+    if problems:
+        raise CheckpointError(f"{path} has malformed kdlab metadata ({problems[0]}); it was not written by kdlab or "
+                              f"was edited: retrain or re-save the model")
+    return meta
+
+
+def required_imports(meta: dict) -> list[str]:
+    """The modules rebuilding the model ``meta`` describes would import: its recorded ``imports`` and the module of a
+    ``module:Name`` architecture (registered names and ``torchvision:``/``timm:`` import none of the user's code)."""
+    from kdlab.plugins import module_names
+
+    return list(dict.fromkeys([*(meta.get("imports") or []), *module_names([str(meta.get("model") or "")])]))
+
+
+def check_trusted_meta(meta: dict, path: Path | str, allowed_imports: Iterable[str] = (),
+                       trust_code: bool = False) -> None:
+    """Refuse (one line, naming the option to add) a file whose metadata would import code the user did not name for
+    this command (:func:`kdlab.plugins.check_trusted`), or set a library model's file-loading arguments."""
+    from kdlab.plugins import check_trusted
+
+    check_meta(meta, path)
+    check_trusted(required_imports(meta), allowed_imports, trust_code, f"{path} (its model metadata)")
+    if meta["model"].startswith(EXTERNAL_PREFIXES) and not trust_code:
+        loading = sorted(set(meta.get("model_kwargs") or {}) & set(_EXTERNAL_LOADING_KWARGS))
+        if loading:
+            raise CheckpointError(f"{path} sets {meta['model']}'s argument {loading[0]!r}, which reads or fetches "
+                                  f"weights: refused (pass trust_code=True if you trust the file)")
+
+
+def build_from_meta(meta: dict, path: Path | str = "checkpoint", allowed_imports: Iterable[str] = (),
+                    trust_code: bool = False) -> torch.nn.Module:
+    """A freshly initialized model of the architecture ``meta`` describes. Its plug-in modules are imported only when
+    the user allowed them (``allowed_imports``: the command's ``--import`` / ``imports:``; or ``trust_code``):
+    a file's metadata alone can name registered models only, so loading a file never runs code."""
+    from kdlab.plugins import import_modules
+
+    check_trusted_meta(meta, path, allowed_imports, trust_code)
+    import_modules(required_imports(meta))
     return create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],
                         **meta.get("model_kwargs", {}))
 
 
-def load_model(path: str | Path, device: torch.device, model: torch.nn.Module | None = None,
-               factories: Mapping[str, Callable[[], torch.nn.Module]] | None = None) -> tuple[torch.nn.Module, dict]:
+def load_model(path: str | Path, device: torch.device | str = "cpu", model: torch.nn.Module | None = None,
+               factories: Mapping[str, Callable[[], torch.nn.Module]] | None = None,
+               allowed_imports: Iterable[str] = (), trust_code: bool = False) -> tuple[torch.nn.Module, dict]:
     """Rebuild (or fill the given ``model``) and load a kdlab checkpoint; returns it in eval mode on ``device``.
 
     ``factories``: architecture name -> a function making the module (the Python API's own objects, which no name
-    rebuilds in this process); used when the checkpoint's architecture is among them.
+    rebuilds in this process); used when the checkpoint's architecture is among them. ``allowed_imports``: the plug-in
+    modules the user named for this command (``--import`` / ``imports:``), the only ones a file's metadata may have
+    imported; ``trust_code=True`` imports whatever the file names (like Hugging Face's ``trust_remote_code``).
     """
     path = resolve_checkpoint(path)
     state, meta = load_weights(path)
     given = model
-    if model is None and factories and meta.get("model") in factories:
+    if model is None and factories and isinstance(meta, dict) and meta.get("model") in factories:
         model = given = factories[meta["model"]]()
-    model = model if model is not None else build_from_meta(meta, path)
+    model = model if model is not None else build_from_meta(meta, path, allowed_imports, trust_code)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes differ
@@ -86,4 +143,4 @@ def load_model(path: str | Path, device: torch.device, model: torch.nn.Module | 
                     f"(kdlab.load_model(path, model=...)) or give the model as {{'name': ..., <its arguments>}}")
         raise CheckpointError(f"{path} does not fit {meta.get('model', type(model).__name__)}: "
                               f"missing {missing[:3]}, unexpected {unexpected[:3]}{hint}")
-    return model.to(device).eval(), meta
+    return model.to(torch.device(device)).eval(), meta

@@ -9,16 +9,17 @@ Every metric is recomputed from the runs' saved checkpoints on the test split (c
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 
 from kdlab.engine.device import resolve_device
-from kdlab.plugins import import_modules
+from kdlab.expdir import MANIFEST_FILE, Manifest, ReportError
+from kdlab.plugins import check_trusted, import_modules
 from kdlab.report.browser import keep_first_screen
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
-from kdlab.expdir import Manifest, ReportError
 from kdlab.report.notebook import notebook_html
 from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
 from kdlab.report.scaling import scale_notes
@@ -38,10 +39,13 @@ def _silent(message: str) -> None:
 
 
 def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], None] = _silent,
-                 data: Any = None, models: dict[str, Callable] | None = None, screenshot: bool = True) -> Path:
+                 data: Any = None, models: dict[str, Callable] | None = None, imports: Sequence[str] = (),
+                 trust_code: bool = False, screenshot: bool = True) -> Path:
     """Write ``results.{csv,json,md}``, the figures and ``index.html`` into ``exp_dir/report``; return that folder.
 
     ``data`` / ``models``: the Python API's in-process Dataset objects and model factories (see ``TestData``).
+    ``imports``: the plug-in modules the user named (``--import``, the experiment's ``imports:``); a module that the
+    manifest or a weights file names is imported only if it is among them, or with ``trust_code=True``.
     ``screenshot``: also keep ``first_screen.png``, the page's first 1,400 x 900 pixels, when Chromium is installed.
     """
     from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
@@ -49,8 +53,12 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
 
     exp_dir = Path(exp_dir)
     manifest = Manifest.read(exp_dir)
+    # importing a module this process has already imported runs nothing (the Python API's own objects' modules)
+    check_trusted([m for m in manifest.imports if m not in sys.modules], imports, trust_code,
+                  str(exp_dir / MANIFEST_FILE))
     import_modules(manifest.imports)
-    test_data = TestData(manifest.dataset, resolve_device(device), data, models)
+    test_data = TestData(manifest.dataset, resolve_device(device), data, models, imports=imports,
+                         trust_code=trust_code)
     collected = collect(manifest, test_data, log)
     if not collected.runs:
         reasons = "; ".join(f"{s['key']}: {s['reason']}" for s in collected.errors + collected.skipped) \

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from torch import Tensor
 
 from kdlab.config import DataConfig, from_dict
 from kdlab.data import BatchLoader, load_splits, make_loader
 from kdlab.engine.evaluate import classification_metrics, predict
+from kdlab import console
 from kdlab.errors import KdlabError
 from kdlab.report.calibration import ReliabilityBins, reliability_bins
 from kdlab.rundir import RunDir
-from kdlab.report.evalcache import cache_key, read_cache, read_logits, write_cache
+from kdlab.report.evalcache import CACHE_JSON, cache_key, read_cache, read_logits, write_cache
 from kdlab.models.saved import load_model
 from kdlab.expdir import ROLES, Manifest, PlannedRun
 
@@ -40,17 +42,21 @@ class TestData:
     """
 
     def __init__(self, dataset: dict, device: torch.device, objects: Any = None,
-                 models: dict[str, Callable] | None = None, splits: Any = None) -> None:
+                 models: dict[str, Callable] | None = None, splits: Any = None, imports: Sequence[str] = (),
+                 trust_code: bool = False) -> None:
         self.cfg: DataConfig = from_dict(DataConfig, dataset, prefix="dataset.")
         self.device = device
         self.objects = objects
         self.models = dict(models or {})
         self.splits = splits  # the dataset's splits when the caller has them loaded already
+        self.imports = list(imports)  # the plug-in modules the user named: the only ones a weights file may import
+        self.trust_code = trust_code
         self._loader: BatchLoader | None = None
 
     def load(self, path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
         """A run's saved weights in a rebuilt model (or in a fresh copy of the given module)."""
-        return load_model(path, device or self.device, factories=self.models)
+        return load_model(path, device or self.device, factories=self.models, allowed_imports=self.imports,
+                          trust_code=self.trust_code)
 
     @property
     def identity(self) -> dict:
@@ -145,17 +151,26 @@ def evaluate_run(spec: PlannedRun, result: dict, data: TestData, log: Log) -> tu
     key = cache_key(spec.model_path, spec.best_path, data.identity)
     cached = read_cache(spec.run_dir, key)
     if cached is not None:
-        metrics, tensors = cached, read_logits(spec.run_dir)
-    else:
-        metrics, tensors = _compute(spec, result, data, log)
-        write_cache(spec.run_dir, key, metrics, tensors)
+        try:
+            tensors = read_logits(spec.run_dir)
+            return _run_eval(spec, result, cached, tensors, key, True), tensors
+        except (KeyError, TypeError, ValueError, AttributeError, OSError, SafetensorError) as exc:
+            console.log.warning(f"warning: {spec.run_dir / CACHE_JSON} is malformed ({type(exc).__name__}); "
+                                f"ignoring it and evaluating the run again")
+    metrics, tensors = _compute(spec, result, data, log)
+    write_cache(spec.run_dir, key, metrics, tensors)
+    return _run_eval(spec, result, metrics, tensors, key, False), tensors
+
+
+def _run_eval(spec: PlannedRun, result: dict, metrics: dict, tensors: dict[str, Tensor], key: dict,
+              hit: bool) -> RunEval:
+    """The :class:`RunEval` of computed or cached ``metrics`` (a malformed cache raises KeyError/TypeError here)."""
     logits, labels = tensors["last"], tensors["labels"]
-    run = RunEval(spec=spec, result=result, history=spec.files.read_history(), last=metrics["last"],
+    return RunEval(spec=spec, result=result, history=spec.files.read_history(), last=metrics["last"],
                   selected=metrics["selected"], input_shape=list(metrics["input_shape"]),
                   class_names=list(metrics["class_names"]),
-                  confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=cached is not None,
+                  confusion=confusion_matrix(logits, labels, int(metrics["num_classes"])), cache_hit=hit,
                   cache={k: v for k, v in metrics.items() if k != "key"}, cache_key=key)
-    return run, tensors
 
 
 # -- the whole experiment ---------------------------------------------------------------------------------------------

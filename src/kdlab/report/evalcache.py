@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from kdlab.files import atomic_write, write_json
@@ -56,7 +56,12 @@ def read_cache(run_dir: Path, key: dict) -> dict | None:
         data = json.loads(path.read_text())
         with safe_open(str(logits_path), framework="pt") as fh:
             logits_key = json.loads((fh.metadata() or {}).get(_KEY_META, "null"))
-    except (OSError, ValueError):  # a torn or foreign file is just a cache miss
+    except (OSError, ValueError, SafetensorError):  # a torn or foreign file is just a cache miss
+        return None
+    if not isinstance(data, dict):
+        from kdlab.console import log
+
+        log.warning(f"warning: {path} is malformed (not a mapping); ignoring it and evaluating the run again")
         return None
     if data.get("key") != key or logits_key != key:
         return None
