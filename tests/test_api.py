@@ -63,8 +63,6 @@ def _kdlab(*args, cwd):
     return subprocess.run([sys.executable, "-m", "kdlab", *args], capture_output=True, text=True, cwd=cwd, env=env)
 
 
-@pytest.mark.xfail(reason="kdlab eval --import needs the lead to pass allowed_imports in runner/single.py "
-                          "evaluate_checkpoint (issue 21); remove this mark once wired", strict=True)
 def test_own_student_from_a_script_then_eval_in_a_new_process(tmp_path, fmnist, teacher_run):
     (tmp_path / "thatmodule.py").write_text(STUDENT_MODULE)
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "KDLAB_NO_PROGRESS": "1"}

@@ -24,7 +24,6 @@ from kdlab.errors import ReportError
 from kdlab.expdir import Manifest, PlannedRun
 from kdlab.rundir import RunDir
 
-NEEDS_WIRING = "needs the lead's wiring in kdlab/runner (see the trust21a report); remove this mark once wired"
 
 EVIL_MODULE = '''
 from pathlib import Path
@@ -264,7 +263,6 @@ def test_symlinks_at_or_inside_a_run_are_refused(lab, capsys):
     assert (outside / "precious.txt").read_text() == "keep me\n"
 
 
-@pytest.mark.xfail(reason=NEEDS_WIRING, strict=True)
 def test_a_foreign_folder_is_never_cleaned(lab, capsys):
     foreign = lab["out"] / "foreign"
     (foreign / "checkpoints").mkdir(parents=True)

@@ -19,7 +19,7 @@ run directory per run, train-or-load, exact resume.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from torch import nn
 
@@ -28,9 +28,9 @@ from kdlab.console import ensure_logging, log
 from kdlab.data import load_splits
 from kdlab.data.custom import data_parts
 from kdlab.errors import ConfigError
-from kdlab.files import load_weights
+from kdlab.files import load_weights, read_metadata
 from kdlab.models import create_model
-from kdlab.models.saved import resolve_checkpoint
+from kdlab.models.saved import check_trusted_meta, required_imports, resolve_checkpoint
 from kdlab.models.weights import load_pretrained
 from kdlab.plugins import object_path
 from kdlab.rundir import is_checkpoint
@@ -43,23 +43,28 @@ __all__ = ["train", "distill", "evaluate", "Run"]
 
 
 def train(model: Any = "resnet20", data: Any = "fashion_mnist", *, method: Any = "ce", teacher: Any = None,
-          **settings: Any) -> Run:
-    """Train ``model`` (cross-entropy unless ``method`` says otherwise) on ``data``; train-or-load, resumable."""
+          trust_code: bool = False, **settings: Any) -> Run:
+    """Train ``model`` (cross-entropy unless ``method`` says otherwise) on ``data``; train-or-load, resumable.
+
+    ``trust_code=True``: a checkpoint given as the model or the teacher may import the plug-in modules its metadata
+    names (as Hugging Face's ``trust_remote_code``); otherwise only those in ``imports=[...]`` are."""
     ensure_logging()
-    cfg, live, splits = _config(model, data, method, teacher, settings)
+    cfg, live, splits = _config(model, data, method, teacher, settings, trust_code)
     result, trained = train_run(cfg, splits=splits, live=live)
     return Run.from_result(cfg, result, trained, live)
 
 
-def distill(student: Any, teacher: Any, method: Any = "kd", data: Any = "fashion_mnist", **settings: Any) -> Run:
+def distill(student: Any, teacher: Any, method: Any = "kd", data: Any = "fashion_mnist", *, trust_code: bool = False,
+            **settings: Any) -> Run:
     """Distill ``teacher`` (frozen, in eval mode) into ``student`` with ``method``; see :func:`train`."""
     if method in ("ce", None):
         raise ConfigError("distill needs a method (method='kd', 'fitnets', 'at', ...); use kdlab.train for plain "
                           "training")
-    return train(student, data, method=method, teacher=teacher, **settings)
+    return train(student, data, method=method, teacher=teacher, trust_code=trust_code, **settings)
 
 
-def evaluate(model: Any, data: Any = None, *, device: str = "auto", **dataset: Any) -> dict:
+def evaluate(model: Any, data: Any = None, *, device: str = "auto", imports: Sequence[str] = (),
+             trust_code: bool = False, **dataset: Any) -> dict:
     """Val and test metrics of a trained model: a :class:`Run`, a run directory / ``.safetensors`` file (evaluated on
     its own data, split and precision), or an ``nn.Module`` with ``data``. ``dataset`` keys override data settings."""
     if isinstance(model, Run):
@@ -72,13 +77,19 @@ def evaluate(model: Any, data: Any = None, *, device: str = "auto", **dataset: A
         return evaluate_module(model, cfg, live, device)
     if data is not None:
         dataset = {**_data_entry(data, Live()), **dataset}
-    return evaluate_checkpoint(str(model), dataset, device)
+    return evaluate_checkpoint(str(model), dataset, device, imports=imports, trust_code=trust_code)
 
 
 # -- building a config from Python objects ---------------------------------------------------------------------------
-def _config(model: Any, data: Any, method: Any, teacher: Any, settings: dict) -> tuple[TrainConfig, Live, Any]:
+def _config(model: Any, data: Any, method: Any, teacher: Any, settings: dict,
+            trust_code: bool = False) -> tuple[TrainConfig, Live, Any]:
     live = Live()
     tree: dict[str, Any] = dict(settings)
+    imports = list(settings.get("imports") or [])
+    for given in (model, teacher):  # checkpoints: the code they name runs only when the user trusts it
+        if isinstance(given, (str, Path)) and is_checkpoint(given):
+            imports += _trusted_imports(given, imports, trust_code)
+    tree["imports"] = list(dict.fromkeys(imports))
     tree["model"] = _model_entry(model, live)
     tree["dataset"] = {**_data_entry(data, live), **dict(settings.get("dataset") or {})}
     tree["method"] = _method_entry(method, live)
@@ -102,6 +113,14 @@ def _model_entry(model: Any, live: Live) -> dict:
         return {"name": model}
     raise ConfigError(f"model must be a name, a config dict, a checkpoint or an nn.Module; got {type(model).__name__}")
 
+
+
+def _trusted_imports(path: str | Path, imports: list[str], trust_code: bool) -> list[str]:
+    """The modules a checkpoint's metadata names, once allowed (by ``imports`` or ``trust_code``; else one line)."""
+    weights = resolve_checkpoint(path)
+    meta = read_metadata(weights)
+    check_trusted_meta(meta, weights, imports, trust_code)
+    return required_imports(meta)
 
 
 def _checkpoint_entry(path: str | Path) -> dict:

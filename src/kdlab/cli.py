@@ -67,7 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
             data[key[len("dataset."):]] = parse_value(value)
         else:
             raise ConfigError(f"unknown eval setting {key!r}; allowed: device, dataset.<key>")
-    return evaluate_checkpoint(args.checkpoint, data, device)
+    return evaluate_checkpoint(args.checkpoint, data, device, imports=args.imports)
 
 
 def cmd_export(args: argparse.Namespace) -> dict:

@@ -63,7 +63,7 @@ class Experiment:
         ensure_logging()
         objects = self.live.data.get(self.config.dataset.name)
         report = Report(build_report(self.directory, device=device, log=log.info, data=objects,
-                                     models=self.live.models))
+                                     models=self.live.models, imports=self.config.imports))
         if self.config.tracking == "mlflow":
             log_experiment(self.directory, self.config.tracking_uri, self.config.name)
         return report

@@ -189,15 +189,24 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and kdlab metadata of a safetensors file."""
     from safetensors.torch import load_file
 
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
+    return tensors, meta
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The kdlab metadata of a safetensors file, without reading its tensors."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         with safe_open(str(path), framework="pt") as fh:
             meta = json.loads((fh.metadata() or {}).get(METADATA_KEY, "{}"))
-        tensors = load_file(str(path))
     except (OSError, ValueError, json.JSONDecodeError, SafetensorError) as exc:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({str(exc).splitlines()[0]})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{path}: malformed kdlab metadata (a {type(meta).__name__}, not a mapping)")
-    return tensors, meta
+    return meta

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from kdlab.config import DataConfig, OptimConfig, apply_overrides, from_dict, load_yaml
 
@@ -80,7 +80,7 @@ class ExperimentConfig:
     assistant_schedule: Optional[Schedule] = None  # default: the students' schedule
     imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     device: str = "auto"
-    threads: Optional[int] = None  # CPU threads per run; None: each epoch, the cores other processes leave free
+    threads: Optional[Union[int, Literal["auto"]]] = None  # CPU threads per run; None: pinned (see TrainConfig)
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     channels_last: bool = True
     compile: bool = False

@@ -30,12 +30,13 @@ def check_plan(plan: list[PlannedRun], splits: Splits, live: Live) -> None:
     checked: set[str] = set()
     for spec in plan:
         if spec.given_checkpoint:
-            teacher, view = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live)
+            teacher, view = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live, spec.cfg.imports)
             if images is not None and view is None:  # (with a view it sees its own input; checked as it trains)
                 check_forward(teacher, images, f"teacher {spec.student!r} ({spec.given_checkpoint})")
             continue
         if spec.files.finished():
             spec.files.check_finished()
+            spec.files.verify_result()
         pretrained = spec.cfg.model.pretrained
         if pretrained and pretrained not in HUBS and pretrained not in checked:
             read_state_dict(pretrained)  # readable, a state dict, nothing unpickled beyond tensors

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -19,12 +20,13 @@ from kdlab.rundir import RunDir
 from kdlab.runs.live import Live
 
 
-def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: str = "auto") -> dict:
+def evaluate_checkpoint(path: str, overrides: dict | None = None, device_name: str = "auto",
+                        imports: Sequence[str] = (), trust_code: bool = False) -> dict:
     """Evaluate a saved student (a run directory or a ``.safetensors`` file) on its dataset's val and test splits, as
     the run did: the same data settings (subset, validation split) and precision, unless ``overrides`` say otherwise."""
     device = resolve_device(device_name)
-    _check_saved(Path(path))
-    model, meta = load_model(path, device)
+    check_saved(Path(path))
+    model, meta = load_model(path, device, allowed_imports=imports, trust_code=trust_code)
     data_cfg = from_dict(DataConfig, {**meta.get("dataset", {}), **(overrides or {})}, prefix="dataset.")
     splits = load_splits(data_cfg)
     _check_fits(meta, splits.info, path)
@@ -53,7 +55,7 @@ def _trained_fingerprint(run_dir: Path) -> str | None:
         return None
 
 
-def _check_saved(path: Path) -> None:
+def check_saved(path: Path) -> None:
     """A run directory, or a weights file of one, whose checksum (recorded when the run finished) no longer matches is
     refused (see :meth:`RunDir.check_finished`)."""
     run = RunDir(path if path.is_dir() else path.parent)

@@ -64,7 +64,8 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool 
     initial weights), unless that run stopped before its first checkpoint: then nothing of it is kept (its files are
     removed when ``locked``, i.e. by the process that holds the directory's lock)."""
     files_ = RunDir(run_dir)
-    previous = files_.read_config()
+    files_.check_ours()  # a folder kdlab did not make is never trained into, cleaned or overwritten
+    previous = files_.require_config()
     if previous is None:
         return None
     now = to_dict(cfg)
@@ -73,16 +74,17 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool 
         before = _read_identity(files_)
         changed = [f"identity.{k}" for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
     if changed and not files_.finished() and not files_.latest.is_file():
-        if locked:
+        if locked and files_.is_kdlab_run():
             log.info(f"{run_dir} holds a run that stopped before its first checkpoint; starting it over")
             _clear_unstarted(files_)
         return None
     if changed:
         raise ConfigError(f"{run_dir} holds a run with a different config ({', '.join(_explain(changed[:3]))}); "
                           f"set name=... or out_dir=... for a new run, or delete {run_dir} to train it again")
-    if files_.finished():
-        files_.check_finished()
-    return files_.read_result()
+    if not files_.finished():
+        return None
+    files_.check_finished()
+    return files_.verify_result()
 
 
 _WHAT_CHANGED = {"identity.data": "identity.data: the data changed (its fingerprint differs)",

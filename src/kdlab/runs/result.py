@@ -61,7 +61,8 @@ class Run:
     def model(self) -> nn.Module:
         """The trained student (last epoch), in eval mode; loaded from the run directory when it was not trained now."""
         if self._model is None:
-            self._model, _ = load_model(self.files.model, torch.device("cpu"), factories=self._live.models)
+            self._model, _ = load_model(self.files.model, torch.device("cpu"), factories=self._live.models,
+                                        allowed_imports=self.config.imports)
         return self._model.eval()
 
     def evaluate(self, data: Any = None, device: str = "auto", **dataset: Any) -> dict:

@@ -13,7 +13,7 @@ import subprocess
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 import yaml
@@ -36,6 +36,8 @@ from kdlab.models.probe import check_forward
 from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
 from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_identity, saved_imports
+from kdlab.rundir import RunDir
+from kdlab.runs.evaluate import check_saved
 from kdlab.runs.live import Live
 from kdlab.runs.views import InputView, data_view, give_view, recorded_view
 
@@ -49,7 +51,6 @@ def environment() -> dict:
         rev = None
     return {"kdlab": kdlab.__version__, "git_revision": rev, "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "cpu_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
@@ -64,13 +65,15 @@ def build_student(cfg: TrainConfig, info, live: Live) -> torch.nn.Module:
     return model
 
 
-def load_teacher(name: str, info: DatasetInfo, device: torch.device,
-                 live: Live) -> tuple[torch.nn.Module, InputView | None]:
+def load_teacher(name: str, info: DatasetInfo, device: torch.device, live: Live,
+                 imports: Sequence[str] = ()) -> tuple[torch.nn.Module, InputView | None]:
     """The frozen teacher (a live module, or a kdlab checkpoint: a run directory or its model.safetensors) and the
-    input it was trained on, where known (see :mod:`kdlab.runs.views`)."""
+    input it was trained on, where known (see :mod:`kdlab.runs.views`). A checkpoint's weights are verified first,
+    and the plug-in code it names is imported only when ``imports`` (the user's) name it."""
     if name in live.teachers:
         return live.teachers[name].to(device).eval(), None
-    teacher, meta = load_model(name, device, factories=live.models)
+    check_saved(Path(name))
+    teacher, meta = load_model(name, device, factories=live.models, allowed_imports=imports)
     view = recorded_view(meta, info)
     if meta.get("num_classes") != info.num_classes or (view is None and meta.get("in_channels") != info.in_channels):
         raise ConfigError(f"teacher {name} was trained for {meta.get('num_classes')} classes and "
@@ -119,6 +122,7 @@ def _run_lock(run_dir: Path, io_rank: int) -> Iterator[None]:
     if io_rank != 0:
         yield
         return
+    RunDir(run_dir).check_ours()  # never a lock (or anything) in a folder kdlab did not make
     created = not run_dir.exists()
     try:
         with files.directory_lock(run_dir, "training this run"):
@@ -139,7 +143,8 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
     device = distributed.setup(dist, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     student = build_student(cfg, splits.info, live)
-    teacher, teacher_view = load_teacher(cfg.teacher, splits.info, device, live) if cfg.teacher else (None, None)
+    teacher, teacher_view = (load_teacher(cfg.teacher, splits.info, device, live, cfg.imports) if cfg.teacher
+                             else (None, None))
     method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
     if teacher is not None:  # an inference module: BatchNorm folded, the layers the method reads kept by name
         method.replace_teacher(fold_batchnorm(teacher, keep={n.partition(":")[0] for n in method.teacher_layers()}))
@@ -158,8 +163,7 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
     result = Trainer(method, train_loader, eval_loaders, options, io, teacher_cache=provider).fit()
     if provider is not None:
         provider.flush()
-    io.write_checksums()
-    io.write_json(io.dir.result, result)
+    io.write_result(result)
     io.dir.failure.unlink(missing_ok=True)  # a retried run that now finished
     return result, method
 
@@ -206,11 +210,12 @@ def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: Tr
     batch = next(iter(train_loader))
     method.to(device)
     view = data_view(batch.images, splits.info, cfg.dataset, own_objects)
-    check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}")
+    num_classes = splits.info.num_classes
+    check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}", num_classes)
     if method.teacher is not None:
         line = give_view(method.teacher, view, teacher_view, batch.images, f"teacher {cfg.teacher}")
         if line:
             log.info(line)
-        check_forward(method.teacher, batch.images, f"teacher {cfg.teacher}")
+        check_forward(method.teacher, batch.images, f"teacher {cfg.teacher}", num_classes)
     method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
     return view

@@ -138,7 +138,8 @@ def _prepare_report(task: GroupTask, spec: PlannedRun, splits) -> None:
         return
     try:
         data = TestData(to_dict(task.exp.dataset), resolve_device(task.exp.device),
-                        objects=task.live.data.get(task.exp.dataset.name), models=task.live.models, splits=splits)
+                        objects=task.live.data.get(task.exp.dataset.name), models=task.live.models, splits=splits,
+                        imports=task.exp.imports)
         evaluate_run(spec, spec.files.read_result() or {}, data, log=lambda message: None)
     except Exception as exc:  # noqa: BLE001 - the report evaluates the run itself, and says what fails
         log.warning(f"{spec.run_dir.name}: not evaluated for the report here ({type(exc).__name__}: {exc})")
