@@ -183,6 +183,8 @@ class BatchLoader:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this loader yields."""
+        if self.recipe.per_sample:
+            return self.plan.output_shape((3, self.recipe.size, self.recipe.size))
         return self.plan.output_shape(self.split.image_shape)
 
     @property
