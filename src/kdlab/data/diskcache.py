@@ -47,7 +47,7 @@ def cache_file(folder: str | Path, side: int, cache_dir: str | Path | None = Non
 
 def _datasets() -> Any:
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError("config key 'dataset.cache': disk needs the datasets package "
                           "(pip install 'kdlab[hf]' or pip install datasets)") from None
@@ -57,7 +57,7 @@ def _datasets() -> Any:
 def build_cache(folder: str | Path, side: int, path: Path, workers: int = 0) -> Path:
     """Decode every image of ``folder`` to its base (``side``) into the Arrow file ``path`` (temp name, renamed)."""
     datasets = _datasets()
-    from datasets.arrow_writer import ArrowWriter
+    from datasets.arrow_writer import ArrowWriter  # type: ignore[import-untyped]
 
     folder = Path(folder)
     paths, _, _ = scan_split(folder)

@@ -146,8 +146,8 @@ def decode_base(path: str, side: int) -> np.ndarray:
             error = _too_small(path, *img.size, side)
             if error is None:
                 img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale still >= side (much faster)
-                img = ImageOps.fit(img.convert("RGB"), (side, side), method=Image.Resampling.BILINEAR)
-                return np.asarray(img, dtype=np.uint8)
+                fitted = ImageOps.fit(img.convert("RGB"), (side, side), method=Image.Resampling.BILINEAR)
+                return np.asarray(fitted, dtype=np.uint8)
     except _DECODE_ERRORS as exc:
         raise DataError(f"cannot decode image {path}: {first_words(exc)}") from None
     raise DataError(error)

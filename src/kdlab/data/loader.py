@@ -127,8 +127,7 @@ class BatchLoader:
 
             if split.folder is None:
                 raise ConfigError("config key 'dataset.cache': disk applies to image folders loaded by kdlab")
-            source: BaseSource = open_cache(split.folder, split.paths, side, cfg.cache_dir, cfg.workers,
-                                            split.folder_fingerprint)
+            source = open_cache(split.folder, split.paths, side, cfg.cache_dir, cfg.workers, split.folder_fingerprint)
             bad = {i: source.errors[r] for i, r in enumerate(source.rows or ()) if r in source.errors}
             if bad and not self.skip_bad_files:  # every bad file of the split is known: stop before training
                 raise DataError(next(iter(bad.values())))
