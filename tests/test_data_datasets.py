@@ -252,9 +252,8 @@ def test_imagefolder_errors(tmp_path, monkeypatch):
     data_error(DataConfig(name="imagefolder", root=str(tmp_path)), "empty has no .png/.jpg/.jpeg images")
     (tmp_path / "train" / "empty" / "broken.png").write_bytes(b"not an image")
     (tmp_path / "val" / "empty" / "ok.png").write_bytes((tmp_path / "val" / "cat" / "0.png").read_bytes())
-    raw = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
-    with pytest.raises(DataError, match="cannot decode image .*broken.png"):
-        raw.train.decoded()
+    with pytest.raises(DataError, match="cannot decode image .*broken.png"):  # headers checked at listing
+        load_dataset(DataConfig(name="imagefolder", root=str(tmp_path)))
 
 
 def test_idx_header_is_big_endian():

@@ -206,10 +206,8 @@ def test_on_disk_loader_with_worker_processes(tmp_path):
 def test_undecodable_image_on_disk_is_a_one_line_data_error(tmp_path):
     fd.make_imagefolder(tmp_path, per_class=3)
     (tmp_path / "val" / "dog" / "0.png").write_bytes(b"truncated")
-    splits = load_splits(DataConfig(name="imagefolder", root=str(tmp_path), val_ratio=0.0))
-    cfg = DataConfig(name="imagefolder", eval_batch_size=2, in_memory=False, workers=1)
-    with pytest.raises(DataError) as info:
-        batches(make_loader(splits.test, splits.info, cfg, train=False, device=CPU))
+    with pytest.raises(DataError) as info:  # a small folder: every header is checked when it is listed
+        load_splits(DataConfig(name="imagefolder", root=str(tmp_path), val_ratio=0.0))
     assert str(info.value).startswith("cannot decode image ") and "\n" not in str(info.value)
 
 

@@ -353,8 +353,16 @@ class DataConfig:
     normalize: Literal["dataset", "imagenet"] = "dataset"  # per-channel statistics used to normalize inputs
     train_subset: Optional[int] = None  # keep only the first N training images (quick trials, tests)
     test_subset: Optional[int] = None  # keep only the first N test images
-    in_memory: Optional[bool] = None  # None: in memory when the split fits (small images), else a DataLoader
-    workers: int = 2  # DataLoader workers for on-disk (ImageFolder) data
+    in_memory: Optional[bool] = None  # legacy spelling of cache: true = memory, false = none (with cache=auto)
+    workers: int = 2  # DataLoader worker processes that decode on-disk (ImageFolder) data
+    recipe: Literal["auto", "small", "imagenet"] = "auto"  # image folders' augmentation: small = pad + random crop +
+    #    flip at the stored size; imagenet = RandomResizedCrop + flip (train), resize to size/0.875 + center crop
+    #    (eval) at image_size (default 224); auto = imagenet when image_size >= 128, else small
+    cache: Literal["auto", "memory", "disk", "none"] = "auto"  # image folders: memory = decoded once into memory;
+    #    disk = a one-time decoded copy (Arrow, memory-mapped) under cache_dir; none = decode the files every epoch;
+    #    auto = memory when the decoded split fits the budget (min(2 GiB, RAM / 8)), else none
+    cache_dir: Optional[str] = None  # where cache=disk keeps its copies; None: $XDG_CACHE_HOME/kdlab or ~/.cache/kdlab
+    skip_bad_files: bool = False  # skip (and count) unreadable / too small image files instead of stopping
 
 
 @dataclass

@@ -48,6 +48,9 @@ class ImageSet:
     paths: Optional[list[str]] = None
     decode_size: Optional[tuple[int, int]] = None
     decode_channels: int = 3
+    folder: Optional[str] = None  # the split folder ``paths`` were listed from (image folders: the disk cache's unit)
+    folder_fingerprint: Optional[str] = None  # :func:`kdlab.data.imagefolder.folder_fingerprint` of ``folder``
+    skipped: tuple[str, ...] = ()  # files of ``folder`` left out at listing (dataset.skip_bad_files)
     _decoded: Optional["ImageSet"] = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -99,7 +102,8 @@ class ImageSet:
         return self._with_paths(self.labels[idx], [paths[i] for i in idx.tolist()])
 
     def _with_paths(self, labels: torch.Tensor, paths: list[str]) -> "ImageSet":
-        return ImageSet(labels, paths=paths, decode_size=self.decode_size, decode_channels=self.decode_channels)
+        return ImageSet(labels, paths=paths, decode_size=self.decode_size, decode_channels=self.decode_channels,
+                        folder=self.folder, folder_fingerprint=self.folder_fingerprint, skipped=self.skipped)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -115,9 +119,11 @@ class ImageSet:
             paths = self.paths or []
             # Class folder + file name: moving the dataset root must not change the fingerprint.
             h.update("\n".join("/".join(p.rsplit(os.sep, 2)[-2:]) for p in paths).encode())
-            step = max(1, len(paths) // _FINGERPRINT_STATS)
-            sizes = [os.stat(p).st_size if os.path.exists(p) else -1 for p in paths[::step]]
-            h.update(repr(sizes).encode())
+            if self.folder_fingerprint is not None:  # names, sizes, mtimes and sampled contents of the folder
+                h.update(self.folder_fingerprint.encode())
+            else:
+                step = max(1, len(paths) // _FINGERPRINT_STATS)
+                h.update(repr([os.stat(p).st_size if os.path.exists(p) else -1 for p in paths[::step]]).encode())
         return h.hexdigest()[:16]
 
     def decoded(self, workers: int = 0) -> "ImageSet":

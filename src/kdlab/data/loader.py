@@ -1,14 +1,17 @@
 """Batch loaders whose every view is a pure function of (data, settings, seed, epoch).
 
 A train loader's epoch draws, from one CPU ``torch.Generator`` seeded by (seed, epoch) and in this order: the
-shuffle permutation, then per-sample crop offsets, then per-sample flip flags. So any method trained with the same
-seed sees the same augmented views, resuming at an epoch boundary is exact, and a teacher's outputs can be cached by
-``(stream_key, epoch, batch_index)``.
+shuffle permutation, then per-sample crop offsets, then per-sample flip flags (small recipe). The imagenet recipe's
+crops and flips are drawn per sample from (seed, epoch, sample index) in the DataLoader workers
+(:mod:`kdlab.data.recipes`). So any method trained with the same seed sees the same augmented views, the number of
+workers changes nothing, an epoch resumes at any batch (``set_epoch(epoch, start_batch)``), and a teacher's outputs
+can be cached by ``(stream_key, epoch, batch_index)``.
 
-In memory (tensor datasets, and image folders whose split decodes to < 1 GiB unless ``in_memory`` says otherwise)
-the split is moved to the device once as uint8 and each batch is gathered and augmented there. On disk, a
-``torch.utils.data.DataLoader`` decodes the files (in ``workers`` processes) in the same order and the batch goes
-through the same augmentation on the device.
+Where an image folder's images come from (``dataset.cache``): ``memory`` decodes the split once (small recipe: a
+uint8 tensor on the device, each batch gathered and augmented there; imagenet recipe: an array in host memory that
+the workers crop); ``disk`` reads a decoded copy memory-mapped (:mod:`kdlab.data.diskcache`); ``none`` decodes the
+files every epoch. ``auto`` is memory when the decoded split fits :func:`memory_budget`, else none. Every mode gives
+the same views.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+import os
+from dataclasses import replace
 from typing import Iterator, Optional
 
 import torch
@@ -24,12 +29,24 @@ from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import AugmentPlan, normalization
 from kdlab.data.custom import DatasetLoader, DatasetSplit
-from kdlab.data.imagefolder import checked, path_loader
 from kdlab.data.info import DatasetInfo, ImageSet
+from kdlab.data.recipes import Recipe, resolve_recipe
 from kdlab.data.shard import rank_slice
 from kdlab.data.splits import check_data_config
+from kdlab.data.stream import ArraySource, BaseSource, FileSource, ViewBatch, ViewDataset, decode_bases, view_loader
+from kdlab.errors import ConfigError, DataError
 
-IN_MEMORY_LIMIT = 1 << 30  # decoded bytes under which an on-disk split is decoded into memory
+MEMORY_BUDGET = 2 << 30  # decoded bytes under which cache=auto keeps a split in memory (also at most RAM / 8)
+
+
+def memory_budget() -> int:
+    """Decoded bytes under which ``dataset.cache=auto`` decodes an image folder's split into memory:
+    min(2 GiB, physical memory / 8)."""
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        ram = 8 * MEMORY_BUDGET
+    return min(MEMORY_BUDGET, ram // 8)
 
 
 def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
@@ -49,10 +66,15 @@ class Draws:
     views: Optional[torch.Tensor] = None
 
 
-def _use_memory(split: ImageSet, cfg: DataConfig) -> bool:
-    if split.in_memory or cfg.in_memory is True:
-        return True
-    return cfg.in_memory is None and split.decoded_bytes < IN_MEMORY_LIMIT
+def cache_mode(split: ImageSet, cfg: DataConfig) -> str:
+    """Where a split's images come from: "tensor" (already in memory), "memory", "disk" or "none" (the files)."""
+    if split.in_memory:
+        return "tensor"
+    if cfg.cache != "auto":
+        return cfg.cache
+    if cfg.in_memory is not None:  # the legacy key
+        return "memory" if cfg.in_memory else "none"
+    return "memory" if split.decoded_bytes < memory_budget() else "none"
 
 
 class BatchLoader:
@@ -72,15 +94,68 @@ class BatchLoader:
         self.epoch = 0
         self.shard = (0, 1)  # (rank, world size): this process's part of every batch (kdlab.engine.distributed)
         self.workers = cfg.workers
-        self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
+        self.start_batch = 0
+        self.recipe = _loader_recipe(split, cfg)
+        self.skip_bad_files = cfg.skip_bad_files
+        self.bad_files: dict[str, str] = {}  # path -> message of the files skipped while decoding (skip_bad_files)
+        if self.recipe.per_sample:  # the views come out of the workers at their final size: only normalize here
+            plain = replace(cfg, augment=False, image_size=None, pad=0)
+            self.plan = AugmentPlan.build(info, plain, (3, self.recipe.size, self.recipe.size), train=train,
+                                          device=self.device)
+        else:
+            self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
         self.fixed_views = cfg.fixed_views if train and (self.plan.crop_padding or self.plan.flip) else 0
         self.split_seed = cfg.split_seed
         self._stream_key = self._make_stream_key(cfg)
-        self.in_memory = _use_memory(split, cfg)
+        self.cache = cache_mode(split, cfg)
+        self.in_memory = self.cache in ("tensor", "memory")
         self._images: Optional[torch.Tensor] = None
-        if self.in_memory:  # once, as uint8: 4x smaller than floats, and each batch is then a device gather
-            self._images = split.decoded(cfg.workers).images.to(self.device)  # type: ignore[union-attr]
+        self._valid: Optional[torch.Tensor] = None  # False for the bad files of a decoded split (skip_bad_files)
+        self._source: Optional[BaseSource] = None
+        if self.cache == "tensor":
+            self._images = split.images.to(self.device)  # type: ignore[union-attr]
+        else:
+            self._source = self._open_source(cfg)
         self._labels = split.labels.to(self.device)
+
+    def _open_source(self, cfg: DataConfig) -> BaseSource:
+        """Decode into memory, open (or build) the disk copy, or list the files, per ``self.cache``."""
+        split, side = self.split, self.recipe.base
+        assert split.paths is not None
+        if self.cache == "disk":
+            from kdlab.data.diskcache import open_cache
+
+            if split.folder is None:
+                raise ConfigError("config key 'dataset.cache': disk applies to image folders loaded by kdlab")
+            source = open_cache(split.folder, split.paths, side, cfg.cache_dir, cfg.workers, split.folder_fingerprint)
+            bad = {i: source.errors[r] for i, r in enumerate(source.rows or ()) if r in source.errors}
+            if bad and not self.skip_bad_files:  # every bad file of the split is known: stop before training
+                raise DataError(next(iter(bad.values())))
+            self._note_bad(bad)
+            return source
+        files = FileSource(split.paths, side)
+        if self.cache == "none":
+            return files
+        array, errors = decode_bases(files, side, cfg.workers, self.skip_bad_files)
+        self._note_bad(errors)
+        assert array is not None
+        if self.recipe.per_sample:  # crops are made per sample by the workers, from host memory
+            return ArraySource(array, errors=errors)
+        # once, as uint8 NCHW on the device: 4x smaller than floats, and each batch is then a device gather
+        self._images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous().to(self.device)
+        valid = torch.ones(len(split), dtype=torch.bool)
+        valid[list(errors)] = False
+        self._valid = valid.to(self.device) if errors else None
+        return ArraySource(array[:0], errors=errors)
+
+    def _note_bad(self, errors: dict[int, str]) -> None:
+        assert self.split.paths is not None
+        self.bad_files.update({self.split.paths[i]: message for i, message in errors.items()})
+
+    @property
+    def skipped_files(self) -> int:
+        """Bad files left out of this split: at listing (the whole split folder's) and while decoding."""
+        return len(set(self.split.skipped) | set(self.bad_files)) if isinstance(self.split, ImageSet) else 0
 
     def _make_stream_key(self, cfg: DataConfig) -> str:
         mean, std = normalization(self.info, cfg.normalize, self.input_shape[0])
@@ -93,6 +168,8 @@ class BatchLoader:
             "seed": self.seed if self.train else None,
             "crop_padding": self.plan.crop_padding, "flip": self.plan.flip,
             **({"fixed_views": self.fixed_views, "split_seed": self.split_seed} if self.fixed_views else {}),
+            **({"recipe": self.recipe.name, "size": self.recipe.size, "base": self.recipe.base}
+               if self.recipe.per_sample else {}),
         }
         self._views_key = _hash({k: v for k, v in fields.items() if k not in ("seed", "batch_size", "train")})
         return _hash(fields)
@@ -105,6 +182,8 @@ class BatchLoader:
     @property
     def input_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images this loader yields."""
+        if self.recipe.per_sample:
+            return self.plan.output_shape((3, self.recipe.size, self.recipe.size))
         return self.plan.output_shape(self.split.image_shape)
 
     @property
@@ -122,8 +201,12 @@ class BatchLoader:
             return n // b
         return -(-n // b)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """The epoch the next iterations show, starting at batch ``start_batch`` (resuming mid-epoch: the batches
+        before it are not decoded, and the ones after are exactly those of an uninterrupted epoch)."""
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch {start_batch} is outside the epoch's {len(self)} batches")
+        self.epoch, self.start_batch = epoch, start_batch
 
     def epoch_draws(self) -> Draws:
         """The current epoch's draws, on the CPU, from one generator seeded by (seed, epoch), in a fixed order: the
@@ -158,45 +241,91 @@ class BatchLoader:
         return self._iter(draws, slices)
 
     def __iter__(self) -> Iterator[Batch]:
-        return self._iter(self.epoch_draws(), list(self._batch_slices()))
+        return self._iter(self.epoch_draws(), list(self._batch_slices())[self.start_batch:])
 
     def _iter(self, draws: Draws, slices: list[slice]) -> Iterator[Batch]:
-        batches = self._iter_memory(draws, slices) if self.in_memory else self._iter_disk(draws, slices)
-        for sl, batch in zip(slices, batches):
+        batches = self._iter_memory(draws, slices) if self._images is not None else self._iter_stream(draws, slices)
+        for sl, batch, kept in batches:
+            if batch is None:  # every file of the batch was bad (skip_bad_files)
+                continue
             if draws.views is not None:
-                batch.extras["view"] = draws.views[sl].to(self.device)
+                views = draws.views[sl] if kept is None else draws.views[sl][kept.cpu()]
+                batch.extras["view"] = views.to(self.device)
             yield batch
 
     def _batch_slices(self) -> Iterator[slice]:
         n, b = len(self.split), self.batch_size
         return (rank_slice(sl.start, sl.stop, self.shard) for sl in _slices(n, b, len(self)))
 
-    def _iter_memory(self, draws: Draws, slices: list[slice]) -> Iterator[Batch]:
+    def _iter_memory(self, draws: Draws, slices: list[slice]) -> Iterator[tuple[slice, Batch, Kept]]:
         assert self._images is not None
         # One small transfer per epoch; batches then slice device tensors without host round trips.
         order, offsets, flips = (_to(t, self.device) for t in (draws.order, draws.offsets, draws.flips))
         for sl in slices:
-            if order is None:
-                idx = torch.arange(sl.start, sl.stop, device=self.device)
-                images, labels = self._images[sl], self._labels[sl]
-            else:
-                idx = order[sl]
-                images, labels = self._images.index_select(0, idx), self._labels.index_select(0, idx)
-            yield Batch(self.plan.apply(images, _part(offsets, sl), _part(flips, sl)), labels, index=idx)
+            idx = torch.arange(sl.start, sl.stop, device=self.device) if order is None else order[sl]
+            offs, flips_part, kept = _part(offsets, sl), _part(flips, sl), None
+            if self._valid is not None:
+                kept = torch.nonzero(self._valid.index_select(0, idx)).flatten()
+                idx, offs, flips_part = idx[kept], _pick(offs, kept), _pick(flips_part, kept)
+            images, labels = self._images.index_select(0, idx), self._labels.index_select(0, idx)
+            yield sl, Batch(self.plan.apply(images, offs, flips_part), labels, index=idx), kept
 
-    def _iter_disk(self, draws: Draws, slices: list[slice]) -> Iterator[Batch]:
-        assert self.split.paths is not None and self.split.decode_size is not None
+    def _iter_stream(self, draws: Draws, slices: list[slice]) -> Iterator[tuple[slice, Optional[Batch], Kept]]:
+        """Batches decoded (and, imagenet recipe, cropped) by the DataLoader workers, augmented here per batch."""
+        assert self._source is not None
         order = draws.order if draws.order is not None else torch.arange(len(self.split))
-        offsets, flips = draws.offsets, draws.flips
-        loader = path_loader(self.split.paths, self.split.decode_size, self.workers,
-                             batch_sampler=[order[sl].tolist() for sl in slices],
+        dataset = ViewDataset(self._source, self.recipe, self.train, self.seed, self.epoch)
+        loader = view_loader(dataset, [order[sl].tolist() for sl in slices], self.workers,
                              pin_memory=self.device.type == "cuda")
-        for sl, batch in zip(slices, loader):
-            images = checked(batch).to(self.device, non_blocking=True)
-            idx = order[sl].to(self.device)
-            labels = self._labels.index_select(0, idx)
-            offs, flips_part = _to(_part(offsets, sl), self.device), _to(_part(flips, sl), self.device)
-            yield Batch(self.plan.apply(images, offs, flips_part), labels, index=idx)
+        for sl, views in zip(slices, loader):
+            kept = self._check(views)
+            if views.images is None:
+                yield sl, None, kept
+                continue
+            idx = order[sl] if kept is None else order[sl][kept]
+            offs, flips = _pick(_part(draws.offsets, sl), kept), _pick(_part(draws.flips, sl), kept)
+            images = views.images.to(self.device, non_blocking=True)
+            idx = idx.to(self.device)
+            batch = Batch(self.plan.apply(images, _to(offs, self.device), _to(flips, self.device)),
+                          self._labels.index_select(0, idx), index=idx)
+            yield sl, batch, kept
+
+    def _check(self, views: ViewBatch) -> Kept:
+        """Stop at a batch's first bad file (one line naming it), or note it and keep the good samples' positions."""
+        if not views.errors:
+            return None
+        if not self.skip_bad_files:
+            raise DataError(views.errors[0][1])
+        self._note_bad(dict(views.errors))
+        return views.kept
+
+
+Kept = Optional[torch.Tensor]  # positions kept within a batch (None: all)
+
+
+def _pick(t: Optional[torch.Tensor], kept: Kept) -> Optional[torch.Tensor]:
+    return t if t is None or kept is None else t[kept.to(t.device)]
+
+
+def _loader_recipe(split: ImageSet, cfg: DataConfig) -> Recipe:
+    """The recipe of a loader over ``split``; the imagenet recipe needs an image folder loaded at its base size."""
+    recipe = resolve_recipe(cfg)
+    if split.paths is None:
+        if cfg.recipe == "imagenet":
+            raise ConfigError("config key 'dataset.recipe': imagenet applies to image folders (dataset=imagefolder)")
+        c, h, w = split.image_shape
+        return Recipe("small", h, h)
+    if recipe.per_sample:
+        if split.decode_size != (recipe.base, recipe.base):
+            raise ConfigError(f"config key 'dataset.image_size': the splits were loaded for another size "
+                              f"(stored {split.decode_size}, the imagenet recipe at {recipe.size} needs "
+                              f"{recipe.base})")
+        if cfg.fixed_views:
+            raise ConfigError("config key 'dataset.fixed_views': works with the small recipe only "
+                              "(the imagenet recipe draws a new crop per sample and epoch)")
+        return recipe
+    side = split.decode_size[0] if split.decode_size else recipe.base
+    return Recipe("small", side, side)
 
 
 def _slices(n: int, b: int, count: int) -> Iterator[slice]:
