@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from kdlab.models.mobilenetv3 import ConvNormActivation, SqueezeExcitation, make_divisible, stage_ends
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import normalized_spec
 
 
 class StochasticDepth(nn.Module):
@@ -132,6 +133,7 @@ class EfficientNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Sequential(nn.Dropout(p=dropout, inplace=True), nn.Linear(4 * head_in, num_classes))
         self.stage_names: tuple[str, ...] = stage_ends([stem_stride] + [c.stride for c in stages] + [1])
+        self.input_spec = normalized_spec(32 if small_input else 224, in_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:

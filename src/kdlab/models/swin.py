@@ -98,11 +98,12 @@ class SwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = Mlp(dim, 4 * dim)
         self.drop_path2 = drop_path_or_identity(drop_path)
+        # Empty when unshifted (timm: None); a buffer either way, so a checkpoint's attn_mask is known as computed.
         self.register_buffer("attn_mask", self._mask(resolution[0], resolution[1]), persistent=False)
 
-    def _mask(self, h: int, w: int, device: torch.device | None = None) -> Tensor | None:
+    def _mask(self, h: int, w: int, device: torch.device | None = None) -> Tensor:
         if not self.shift:
-            return None
+            return torch.zeros(0, device=device)
         hp, wp = -(-h // self.window) * self.window, -(-w // self.window) * self.window
         return shifted_window_mask(hp, wp, self.window, self.shift, device)
 
@@ -113,7 +114,9 @@ class SwinBlock(nn.Module):
         pad_h, pad_w = (-h) % self.window, (-w) % self.window
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
         hp, wp = h + pad_h, w + pad_w
-        mask = self.attn_mask if (h, w) == self.resolution else self._mask(h, w, x.device)
+        mask = None
+        if self.shift:
+            mask = self.attn_mask if (h, w) == self.resolution else self._mask(h, w, x.device)
         x = window_reverse(self.attn(window_partition(x, self.window), mask), self.window, hp, wp)[:, :h, :w]
         return torch.roll(x, shifts=(self.shift, self.shift), dims=(1, 2)) if self.shift else x
 
