@@ -97,7 +97,8 @@ class ConvNeXt(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.trunc_normal_(m.weight, std=0.02, a=-2.0, b=2.0)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.norm_pre(self.stages(self.stem(x)))

@@ -2,8 +2,10 @@
 
 kdlab's ImageNet architectures use torchvision's parameter names, so torchvision's default weights load into them
 unchanged (first conv and classifier adapted by :func:`kdlab.models.weights.load_pretrained`); timm's ResNets share
-those names too. The weights come through the library's own weights API and cache when the library imports
-(torchvision: ``get_model_weights(arch).DEFAULT``, into ``torch.hub.get_dir()/checkpoints``; timm:
+those names too, and kdlab's ViT/DeiT, ConvNeXt and Swin are built with timm's names (``TIMM_DEFAULT_TAGS``: the tag
+of timm's default weights, preferred when the cache holds several). The weights come through the library's own
+weights API and cache when the library imports (torchvision: ``get_model_weights(arch).DEFAULT``, into
+``torch.hub.get_dir()/checkpoints``; timm:
 ``create_model(arch, pretrained=True)``, from the Hugging Face cache), downloading on a machine with internet.
 Without the library (torchvision and timm need a CUDA build of torch here), the same cache files are used when they
 are there: ``$TORCH_HOME/hub/checkpoints/<torchvision file>`` and

@@ -73,7 +73,7 @@ class WindowAttention(nn.Module):
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = self.relative_position_bias_table[self.get_buffer("relative_position_index").view(-1)]
         bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)  # [1, heads, N, N]
         if mask is not None:
             n_win = mask.shape[0]

@@ -140,7 +140,7 @@ class VisionTransformer(nn.Module):
         prefix = [self.cls_token.expand(x.shape[0], -1, -1)]
         if self.distilled:
             prefix.append(self.dist_token.expand(x.shape[0], -1, -1))
-        pos = self.pos_embed
+        pos: Tensor = self.pos_embed
         if grid != self.grid_size:
             pos = resample_abs_pos_embed(pos, grid, self.grid_size, self.num_prefix_tokens)
         return self.pos_drop(torch.cat(prefix + [x], dim=1) + pos)
