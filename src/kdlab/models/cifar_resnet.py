@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 
 class BasicBlock(nn.Module):
@@ -61,6 +62,7 @@ class CifarResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(stage_widths[2], num_classes)
         self.stage_names: tuple[str, ...] = ("layer1", "layer2", "layer3")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 
 def init_weights(model: nn.Module) -> None:
@@ -61,6 +62,7 @@ class PlainCNN(nn.Module):
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features, num_classes))
         self.stage_names: tuple[str, ...] = ("block1", "block2")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

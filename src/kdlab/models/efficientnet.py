@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from kdlab.models.mobilenetv3 import ConvNormActivation, SqueezeExcitation, make_divisible, stage_ends
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import normalized_spec
 
 
 class StochasticDepth(nn.Module):
@@ -136,6 +137,7 @@ class EfficientNet(nn.Module):
         self.classifier = nn.Sequential(nn.Dropout(p=dropout), nn.Linear(4 * head_in, num_classes))
         self.stage_names: tuple[str, ...] = stage_ends([stem_stride] + [c.stride for c in stages] + [1])
         self.pre_logits_name = "avgpool"  # the pooled feature (N×C×1×1), before the classifier's dropout
+        self.input_spec = normalized_spec(32 if small_input else 224, in_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:

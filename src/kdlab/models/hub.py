@@ -2,8 +2,10 @@
 
 kdlab's ImageNet architectures use torchvision's parameter names, so torchvision's default weights load into them
 unchanged (first conv and classifier adapted by :func:`kdlab.models.weights.load_pretrained`); timm's ResNets share
-those names too. The weights come through the library's own weights API and cache when the library imports
-(torchvision: ``get_model_weights(arch).DEFAULT``, into ``torch.hub.get_dir()/checkpoints``; timm:
+those names too, and kdlab's ViT/DeiT, ConvNeXt and Swin are built with timm's names (``TIMM_DEFAULT_TAGS``: the tag
+of timm's default weights, preferred when the cache holds several). The weights come through the library's own
+weights API and cache when the library imports (torchvision: ``get_model_weights(arch).DEFAULT``, into
+``torch.hub.get_dir()/checkpoints``; timm:
 ``create_model(arch, pretrained=True)``, from the Hugging Face cache), downloading on a machine with internet.
 Without the library (torchvision and timm need a CUDA build of torch here), the same cache files are used when they
 are there: ``$TORCH_HOME/hub/checkpoints/<torchvision file>`` and
@@ -36,6 +38,21 @@ TORCHVISION_DEFAULTS = {
     "efficientnet_b2": ("efficientnet_b2", "efficientnet_b2_rwightman-c35c1473.pth"),
 }
 TIMM_SAME_NAMES = ("resnet18", "resnet34", "resnet50")  # timm's ResNets use torchvision's parameter names
+# kdlab's transformer-era models are named and built as timm's: name -> timm's default pretrained tag (the weights
+# ``timm.create_model(name, pretrained=True)`` loads, cached as ``models--timm--<name>.<tag>``)
+TIMM_DEFAULT_TAGS = {
+    "vit_tiny_patch16_224": "augreg_in21k_ft_in1k",
+    "vit_small_patch16_224": "augreg_in21k_ft_in1k",
+    "vit_base_patch16_224": "augreg2_in21k_ft_in1k",
+    "deit_tiny_patch16_224": "fb_in1k",
+    "deit_small_patch16_224": "fb_in1k",
+    "deit_tiny_distilled_patch16_224": "fb_in1k",
+    "deit_small_distilled_patch16_224": "fb_in1k",
+    "convnext_tiny": "in12k_ft_in1k",
+    "convnext_small": "in12k_ft_in1k",
+    "swin_tiny_patch4_window7_224": "ms_in1k",
+}
+TIMM_NAMES = TIMM_SAME_NAMES + tuple(TIMM_DEFAULT_TAGS)
 
 
 def _library(name: str):
@@ -54,9 +71,9 @@ def _architecture(arch: str, hub: str) -> str:
         return name
     if hub == "torchvision" and arch in TORCHVISION_DEFAULTS:
         return TORCHVISION_DEFAULTS[arch][0]
-    if hub == "timm" and arch in TIMM_SAME_NAMES:
+    if hub == "timm" and arch in TIMM_NAMES:
         return arch
-    known = sorted(TORCHVISION_DEFAULTS) if hub == "torchvision" else list(TIMM_SAME_NAMES)
+    known = sorted(TORCHVISION_DEFAULTS) if hub == "torchvision" else list(TIMM_NAMES)
     raise ConfigError(f"model.pretrained={hub}: no {hub} ImageNet weights fit kdlab's {arch!r} "
                       f"(they do for: {', '.join(known)}; or use model={hub}:NAME)")
 
@@ -103,6 +120,9 @@ def _timm_state(arch: str) -> Mapping[str, Tensor]:
             raise CheckpointError(f"timm could not load its {timm_arch} weights ({type(exc).__name__}: "
                                   f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     found = sorted(hf_hub_dir().glob(f"models--timm--{timm_arch}.*/snapshots/*/model.safetensors"))
+    default = f"models--timm--{timm_arch}.{TIMM_DEFAULT_TAGS.get(timm_arch, '')}"
+    if any(p.parents[2].name == default for p in found):  # timm's own default among several cached tags
+        found = [p for p in found if p.parents[2].name == default]
     if len({p.parents[2].name for p in found}) > 1:
         tags = ", ".join(sorted({p.parents[2].name for p in found}))
         raise CheckpointError(f"model.pretrained=timm: several cached timm weights fit {timm_arch} ({tags}); "

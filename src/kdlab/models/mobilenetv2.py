@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import conv_bn_relu, init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 # (expansion or None for "use the model's", output channels, repeats, stride of the first repeat), per group.
 _LAYOUT: tuple[tuple[int | None, int, int, int], ...] = (
@@ -70,6 +71,7 @@ class CifarMobileNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(last, num_classes)
         self.stage_names: tuple[str, ...] = ("blocks.1", "blocks.2", "blocks.4", "conv2")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ from typing import Callable
 from torch import Tensor, nn
 
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import normalized_spec
 
 ModuleFactory = Callable[..., nn.Module]
 
@@ -173,6 +174,7 @@ class MobileNetV3(nn.Module):
         )
         self.stage_names: tuple[str, ...] = stage_ends([stem_stride] + [c.stride for c in setting] + [1])
         self.pre_logits_name = "classifier.1"  # the last hidden feature (hard-swish output), before the dropout
+        self.input_spec = normalized_spec(32 if small_input else 224, in_channels)
         self._init_weights()
 
     def _init_weights(self) -> None:

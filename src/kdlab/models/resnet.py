@@ -12,6 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import normalized_spec
 
 RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -105,6 +106,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(512 * block.expansion, num_classes)
         self.stage_names: tuple[str, ...] = RESNET_STAGES
+        self.input_spec = normalized_spec(32 if small_input else 224, in_channels)
         self._init_weights(zero_init_residual)
 
     def _make_layer(

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
@@ -77,6 +78,7 @@ class CifarShuffleNetV1(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(widths[2], num_classes)
         self.stage_names: tuple[str, ...] = ("layer1", "layer2", "layer3")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import conv_bn_relu, init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 from kdlab.models.shufflenetv1 import channel_shuffle
 
 
@@ -75,6 +76,7 @@ class CifarShuffleNetV2(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(widths[3], num_classes)
         self.stage_names: tuple[str, ...] = ("layer1", "layer2", "layer3", "conv2")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

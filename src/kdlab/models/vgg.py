@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import conv_bn_relu, init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 # Channels of each conv, per block.
 _VGG8 = ((64,), (128,), (256,), (512,), (512,))
@@ -48,6 +49,7 @@ class CifarVGG(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(ends[5], num_classes)
         self.stage_names: tuple[str, ...] = ("block0", "block1", "block2", "block3", "block4")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:

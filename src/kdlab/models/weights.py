@@ -9,8 +9,14 @@
 * first conv, kernel size (7x7 ImageNet stem into the 3x3 ``small_input`` stem): the kernel is box-resampled to the
   new size with area weights that keep each filter's sum (its response to a flat patch). A 32x32 image is roughly a
   7x-shrunk 224 crop, so a shrunk kernel matches the old receptive content better than a crop of its centre.
-* classifier (the model's last ``nn.Linear``) with another number of classes: the checkpoint's classifier is skipped
-  and the model keeps its fresh one; the returned :class:`LoadReport` (and the log) names the skipped keys.
+* classifier (the model's last ``nn.Linear``, and sibling heads of its shape such as DeiT's ``head_dist``) with
+  another number of classes: the checkpoint's classifier is skipped and the model keeps its fresh one; the returned
+  :class:`LoadReport` (and the log) names the skipped keys.
+* a model's own adaptation: a model with a method ``fit_checkpoint_tensor(key, value) -> Tensor | None`` is asked
+  for any other tensor of another shape (the ViTs resample ``pos_embed`` to their patch grid, bicubic; Swin its
+  relative position bias tables to its window).
+* checkpoint entries naming a non-persistent buffer of the model (Swin's ``relative_position_index``/``attn_mask`` in
+  checkpoints of older timm) are dropped: the model computes them.
 
 Anything else that does not fit raises :class:`~kdlab.errors.CheckpointError` with a one-line message.
 """
@@ -181,9 +187,20 @@ def _first_conv_name(model: nn.Module) -> str | None:
     return next((name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def _classifier_name(model: nn.Module) -> str | None:
-    names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return names[-1] if names else None
+def _classifier_names(model: nn.Module) -> list[str]:
+    """The last ``nn.Linear`` and the Linears of its shape beside it (same parent: DeiT's ``head``, ``head_dist``)."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        return []
+    last_name, last = linears[-1]
+    parent = last_name.rpartition(".")[0]
+    return [name for name, m in linears if name.rpartition(".")[0] == parent
+            and (m.in_features, m.out_features) == (last.in_features, last.out_features)]
+
+
+def _non_persistent_buffers(model: nn.Module) -> set[str]:
+    """Buffers the model computes and does not save (registered with ``persistent=False``)."""
+    return {name for name, _ in model.named_buffers()} - set(model.state_dict())
 
 
 def _fit_to_model(
@@ -191,12 +208,16 @@ def _fit_to_model(
 ) -> tuple[dict[str, Tensor], list[str]]:
     """Adapt the first conv, drop a classifier of another shape; return what to load and the other shape mismatches."""
     target = model.state_dict()
-    conv, head = _first_conv_name(model), _classifier_name(model)
+    conv = _first_conv_name(model)
     conv_key = f"{conv}.weight" if conv is not None else None
-    head_keys = {f"{head}.weight", f"{head}.bias"} if head is not None else set()
+    head_keys = {f"{head}.{p}" for head in _classifier_names(model) for p in ("weight", "bias")}
+    own_fit = getattr(model, "fit_checkpoint_tensor", None)
+    computed = _non_persistent_buffers(model)
     fitted: dict[str, Tensor] = {}
     wrong: list[str] = []
     for key, value in loaded.items():
+        if key in computed:
+            continue
         if key not in target or value.shape == target[key].shape:
             fitted[key] = value
         elif key == conv_key and (adapted := adapt_first_conv(value, target[key].shape)) is not None:
@@ -204,6 +225,10 @@ def _fit_to_model(
             report.adapted.append(f"{key} {list(value.shape)}->{list(adapted.shape)}")
         elif key in head_keys:
             report.skipped.append(key)
+        elif callable(own_fit) and (adapted := own_fit(key, value)) is not None \
+                and adapted.shape == target[key].shape:
+            fitted[key] = adapted
+            report.adapted.append(f"{key} {list(value.shape)}->{list(adapted.shape)}")
         else:
             wrong.append(f"{key} {list(value.shape)} vs model {list(target[key].shape)}")
     return fitted, wrong
@@ -237,7 +262,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     report.missing = [
         k for k in target if k not in loaded and k not in report.skipped and not k.endswith("num_batches_tracked")
     ]
-    report.unexpected = [k for k in loaded if k not in target]
+    report.unexpected = [k for k in fitted if k not in target]
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(
             f"{path} does not fit {name}: {len(report.missing)} missing keys ({_few(report.missing) or '-'}), "
@@ -246,7 +271,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     model.load_state_dict({k: v for k, v in fitted.items() if k in target}, strict=False)
     report.loaded = [k for k in fitted if k in target]
     if report.adapted:
-        log.info("adapted first conv from %s: %s", path, "; ".join(report.adapted))
+        log.info("adapted to the model from %s: %s", path, "; ".join(report.adapted))
     if report.skipped:
         log.info("kept the fresh classifier (checkpoint's has another shape): skipped %s", ", ".join(report.skipped))
     if report.missing or report.unexpected:

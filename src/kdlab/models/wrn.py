@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from kdlab.models.cnn import init_weights
 from kdlab.models.registry import MODELS
+from kdlab.models.spec import InputSpec
 
 
 class WideBlock(nn.Module):
@@ -69,6 +70,7 @@ class WideResNet(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(widths[3], num_classes)
         self.stage_names: tuple[str, ...] = ("block1", "block2", "block3")
+        self.input_spec = InputSpec(32, in_channels)
         init_weights(self)
 
     def forward(self, x: Tensor) -> Tensor:
