@@ -39,7 +39,7 @@ from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_
 from kdlab.rundir import RunDir
 from kdlab.runs.evaluate import check_saved
 from kdlab.runs.live import Live
-from kdlab.runs.views import InputView, data_view, give_view, recorded_view
+from kdlab.runs.views import InputView, data_view, declared_view, give_view, recorded_view
 
 
 def environment() -> dict:
@@ -71,7 +71,8 @@ def load_teacher(name: str, info: DatasetInfo, device: torch.device, live: Live,
     input it was trained on, where known (see :mod:`kdlab.runs.views`). A checkpoint's weights are verified first,
     and the plug-in code it names is imported only when ``imports`` (the user's) name it."""
     if name in live.teachers:
-        return live.teachers[name].to(device).eval(), None
+        teacher = live.teachers[name].to(device).eval()
+        return teacher, declared_view(teacher)
     check_saved(Path(name))
     teacher, meta = load_model(name, device, factories=live.models, allowed_imports=imports)
     view = recorded_view(meta, info)

@@ -25,6 +25,7 @@ from torch import nn
 from kdlab.config import DataConfig
 from kdlab.console import log
 from kdlab.data import DatasetInfo, normalization
+from kdlab.models import input_spec_of
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,15 @@ def recorded_view(meta: dict, info: DatasetInfo) -> Optional[InputView]:
     pad = int(data.get("pad") or 0)
     hw = (size, size) if size else (info.image_size[0] + 2 * pad, info.image_size[1] + 2 * pad)
     return InputView(hw, channels, tuple(mean), tuple(std))
+
+
+def declared_view(model: nn.Module) -> Optional[InputView]:
+    """The input a module declares (:func:`kdlab.models.input_spec_of`) when it names its normalization (ImageNet-
+    style models); one that leaves it to the dataset (the CIFAR family, the small variants) takes the data as is."""
+    spec = input_spec_of(model)
+    if spec is None or spec.mean is None or spec.std is None:
+        return None
+    return InputView((spec.size, spec.size), spec.channels, tuple(spec.mean), tuple(spec.std))
 
 
 def convert(images: torch.Tensor, source: InputView, target: InputView) -> torch.Tensor:
