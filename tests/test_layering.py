@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "kdlab"
-BASE = {"config", "errors", "registry", "files", "rundir", "plugins", "batch", "console"}
+BASE = {"config", "errors", "registry", "files", "rundir", "plugins", "batch", "console", "codeid"}
 TOP = {"cli", "api", "experiment"}  # the user-facing layers
 
 # what each layer must never import (kdlab.<name>)

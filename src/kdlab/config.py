@@ -276,6 +276,8 @@ class DataConfig:
     test_subset: Optional[int] = None  # keep only the first N test images
     in_memory: Optional[bool] = None  # None: in memory when the split fits (small images), else a DataLoader
     workers: int = 2  # DataLoader workers for on-disk (ImageFolder) data
+    image_column: Optional[str] = None  # a Hugging Face dataset's / dict sample's image key (None: image or img)
+    label_column: Optional[str] = None  # ... and its label key (None: label or labels)
 
 
 @dataclass
