@@ -121,7 +121,7 @@ def open_hf(path: Path) -> Any:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")  # before `datasets` is imported: never reach the network
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        import datasets
+        import datasets  # type: ignore[import-untyped]
     except ImportError:
         raise ConfigError("dataset hf:... needs the `datasets` package: pip install 'kdlab[hf]'") from None
     if not path.is_dir():
