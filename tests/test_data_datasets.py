@@ -32,7 +32,7 @@ def data_error(cfg: DataConfig, *fragments: str) -> str:
 
 
 def test_registry_lists_the_datasets():
-    assert DATASETS.list() == ["cifar10", "cifar100", "fashion_mnist", "imagefolder"]
+    assert DATASETS.list() == ["cifar10", "cifar100", "fashion_mnist", "hf", "imagefolder"]
     with pytest.raises(ConfigError, match="valid datasets: cifar10"):
         load_dataset(DataConfig(name="mnist"))
 

@@ -363,6 +363,8 @@ class DataConfig:
     #    auto = memory when the decoded split fits the budget (min(2 GiB, RAM / 8)), else none
     cache_dir: Optional[str] = None  # where cache=disk keeps its copies; None: $XDG_CACHE_HOME/kdlab or ~/.cache/kdlab
     skip_bad_files: bool = False  # skip (and count) unreadable / too small image files instead of stopping
+    image_column: Optional[str] = None  # a Hugging Face dataset's / dict sample's image key (None: image or img)
+    label_column: Optional[str] = None  # ... and its label key (None: label or labels)
 
 
 @dataclass

@@ -23,11 +23,12 @@ from typing import Any, Iterable
 
 from kdlab.errors import ConfigError
 
-EXTERNAL_LIBRARIES = ("torchvision", "timm")  # `torchvision:resnet18` names a library model, not a module path
+# `torchvision:resnet18` names a library model and `hf:PATH` a Hugging Face dataset folder, not a module path
+EXTERNAL_LIBRARIES = ("torchvision", "timm", "hf")
 
 
 def is_object_path(name: str) -> bool:
-    """True for ``module:Name`` (but not for the ``torchvision:``/``timm:`` model names)."""
+    """True for ``module:Name`` (but not for the ``torchvision:``/``timm:`` model names or ``hf:PATH`` datasets)."""
     module, sep, attr = name.partition(":")
     return bool(sep and module and attr) and module not in EXTERNAL_LIBRARIES
 

@@ -6,11 +6,12 @@
         loader.set_epoch(epoch)
         for images, labels in loader: ...
 
-Registered datasets: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagefolder`` (see ``DATASETS``); the user's own
-``torch.utils.data.Dataset`` objects stream through :mod:`kdlab.data.custom` (``load_splits(cfg, data=...)``).
+Registered datasets: ``fashion_mnist``, ``cifar10``, ``cifar100``, ``imagefolder``, ``hf:PATH`` (see ``DATASETS``); the
+user's own ``torch.utils.data.Dataset`` objects (and Hugging Face ``datasets`` objects, :mod:`kdlab.data.hf`) stream
+through :mod:`kdlab.data.custom` (``load_splits(cfg, data=...)``). Fingerprints: :mod:`kdlab.data.fingerprint`.
 """
 
-from kdlab.data import cifar, fashion_mnist, imagefolder  # noqa: F401  (registers the datasets)
+from kdlab.data import cifar, fashion_mnist, hf, imagefolder  # noqa: F401  (registers the datasets)
 from kdlab.data.augment import AugmentPlan, crop_flip, normalization
 from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, ImageSet, RawDataset

@@ -6,11 +6,14 @@
                                                                      # workers and collate function
     kdlab train dataset=my_data:make_dataset                         # a plug-in function returning any of these
 
-A sample is ``(image, label)``: a Tensor ``[C, H, W]`` (float: used as it is, the Dataset's transform has normalized
-it; uint8: scaled to [0, 1], then ``dataset.normalize=imagenet`` applies if asked) or a PIL image, and an int label.
+A sample is ``(image, label)`` or a dict with ``image``/``img`` and ``label``/``labels`` keys (other keys:
+``dataset.image_column`` / ``dataset.label_column``); the image a Tensor ``[C, H, W]`` (float: used as it is, the
+Dataset's transform has normalized it; uint8: scaled to [0, 1], then ``dataset.normalize=imagenet`` applies if asked)
+or a PIL image, and an int label.
 The Dataset augments itself: kdlab adds no crop or flip, only ``dataset.pad``, ``dataset.channels`` and
 ``dataset.image_size``. Labels come from the Dataset's ``targets``/``labels`` when it has them, else from reading
-each sample once.
+each sample once; they are class indices (integers, or integral floats such as ``3.0``; ``0.5`` is refused).
+A Hugging Face ``datasets.Dataset``/``DatasetDict`` is read through :mod:`kdlab.data.hf`.
 
 kdlab draws each epoch's order, and the DataLoader workers' seeds, from (seed, epoch), so a run resumes exactly when
 the Dataset's randomness comes from torch's RNG. A Dataset's views are not a pure function of (seed, epoch), so its
@@ -20,6 +23,7 @@ loaders have no ``stream_key``: teacher outputs are not shared across methods fo
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, Callable, Iterator, Optional
@@ -27,16 +31,18 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 from torch.utils.data._utils.collate import default_collate
 
 from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import normalization
+from kdlab.data.fingerprint import dataset_fingerprint
 from kdlab.data.info import DatasetInfo
 from kdlab.errors import DataError
 
-_FINGERPRINT_SAMPLES = 8
+IMAGE_KEYS = ("image", "img")  # a dict sample's image and label keys, unless dataset.image_column / label_column
+LABEL_KEYS = ("label", "labels")
 
 
 def sample_image(image: Any) -> torch.Tensor:
@@ -52,17 +58,47 @@ def sample_image(image: Any) -> torch.Tensor:
 
 
 def _label(value: Any) -> int:
-    return int(value.item() if isinstance(value, torch.Tensor) else value)
+    """A class index; an integral float (``3.0``) is one, a fractional one (``0.5``) is refused."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 or isinstance(value, np.ndarray) and value.size == 1:
+        value = value.item()
+    if isinstance(value, (float, np.floating)):
+        if not float(value).is_integer():
+            raise DataError(f"a dataset label is {value}: labels must be class indices (integers), not soft or "
+                            f"fractional values")
+        return int(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(f"a dataset label is a {type(value).__name__} ({str(value)[:40]}): labels must be class "
+                        f"indices (integers)") from None
 
 
-def dataset_labels(dataset: Dataset) -> torch.Tensor:
+def _pick(keys: tuple[str, ...], item: dict, what: str, config_key: str) -> Any:
+    for key in keys:
+        if key in item:
+            return item[key]
+    raise DataError(f"a dataset sample (a dict) has no {what} key {' or '.join(map(repr, keys))}; its keys: "
+                    f"{', '.join(map(str, item))} (set dataset.{config_key})")
+
+
+def split_sample(item: Any, image_key: Optional[str] = None, label_key: Optional[str] = None) -> tuple[Any, Any]:
+    """(image, label) of one sample: an ``(image, label, ...)`` tuple, or a dict (keys: ``image_key`` or
+    ``image``/``img``; ``label_key`` or ``label``/``labels``)."""
+    if isinstance(item, dict):
+        image = _pick((image_key,) if image_key else IMAGE_KEYS, item, "image", "image_column")
+        return image, _pick((label_key,) if label_key else LABEL_KEYS, item, "label", "label_column")
+    return item[0], item[1]
+
+
+def dataset_labels(dataset: Dataset, image_key: Optional[str] = None, label_key: Optional[str] = None) -> torch.Tensor:
     """All labels of a Dataset: its ``targets``/``labels`` attribute when it has one of the right length, else read."""
     n = len(dataset)  # type: ignore[arg-type]
     for attr in ("targets", "labels"):
         values = getattr(dataset, attr, None)
         if values is not None and not callable(values) and len(values) == n:
             return torch.as_tensor(np.asarray([_label(v) for v in values]), dtype=torch.int64)
-    return torch.tensor([_label(dataset[i][1]) for i in range(n)], dtype=torch.int64)
+    return torch.tensor([_label(split_sample(dataset[i], image_key, label_key)[1]) for i in range(n)],
+                        dtype=torch.int64)
 
 
 @dataclass(eq=False)
@@ -75,6 +111,9 @@ class DatasetSplit:
     batch_size: Optional[int] = None  # a DataLoader's batch size (training only)
     workers: Optional[int] = None
     collate_fn: Optional[Callable] = None
+    source: str = ""  # the fingerprint of the whole Dataset object (kdlab.data.fingerprint.dataset_fingerprint)
+    image_key: Optional[str] = None  # a dict sample's keys (None: image/img, label/labels)
+    label_key: Optional[str] = None
 
     in_memory = False
     paths = None
@@ -87,7 +126,7 @@ class DatasetSplit:
         return replace(self, indices=self.indices[idx], labels=self.labels[idx])
 
     def sample(self, i: int) -> tuple[torch.Tensor, int]:
-        image, label = self.dataset[int(self.indices[i])][:2]
+        image, label = split_sample(self.dataset[int(self.indices[i])], self.image_key, self.label_key)
         return sample_image(image), _label(label)
 
     @cached_property
@@ -102,32 +141,38 @@ class DatasetSplit:
 
     @cached_property
     def fingerprint(self) -> str:
-        """A short hash of the labels and of a few samples' pixels (the first and the last ones)."""
-        h = hashlib.sha256(f"n={len(self)};type={type(self.dataset).__qualname__}".encode())
+        """A short hash of the Dataset object's fingerprint (its code, length, labels and sampled items) and of the
+        positions and labels this split takes of it."""
+        h = hashlib.sha256(f"n={len(self)};source={self.source}".encode())
+        h.update(self.indices.numpy().tobytes())
         h.update(self.labels.numpy().tobytes())
-        picks = sorted({*range(min(_FINGERPRINT_SAMPLES, len(self))), *range(max(0, len(self) - 2), len(self))})
-        for i in picks:
-            h.update(self.sample(i)[0].contiguous().numpy().tobytes())
         return h.hexdigest()[:16]
 
 
-def as_split(obj: Any) -> DatasetSplit:
-    """A Dataset or DataLoader as a whole-dataset split."""
+def as_split(obj: Any, image_key: Optional[str] = None, label_key: Optional[str] = None) -> DatasetSplit:
+    """A Dataset or DataLoader as a whole-dataset split (``image_key``/``label_key``: a dict sample's keys)."""
     loader = obj if isinstance(obj, DataLoader) else None
     dataset = loader.dataset if loader is not None else obj
     if not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
         raise DataError(f"data of type {type(obj).__name__} is not a map-style Dataset (with __len__ and __getitem__)")
-    labels = dataset_labels(dataset)
-    settings = {}
+    labels = dataset_labels(dataset, image_key, label_key)
+    settings: dict[str, Any] = {}
     if loader is not None:
+        if isinstance(loader.sampler, RandomSampler):
+            warnings.warn("a DataLoader with shuffle=True was given: kdlab draws its own order from (seed, epoch), "
+                          "so runs resume exactly; its shuffle is not used", UserWarning, stacklevel=2)
         settings = {"batch_size": loader.batch_size, "workers": loader.num_workers, "collate_fn": loader.collate_fn}
-    return DatasetSplit(dataset, torch.arange(len(labels)), labels, **settings)
+    source = dataset_fingerprint(obj, labels=labels, image_key=image_key, label_key=label_key)
+    return DatasetSplit(dataset, torch.arange(len(labels)), labels, source=source, image_key=image_key,
+                        label_key=label_key, **settings)
 
 
 def data_parts(data: Any) -> dict[str, Any]:
     """``{"train": ..., "val": ..., "test": ...}`` from a Dataset/DataLoader, a (train, test) or (train, val, test)
-    tuple, or a dict with those keys (val and test optional)."""
+    tuple, or a dict with those keys (val and test optional; ``validation`` is val, as in a Hugging Face
+    ``DatasetDict``)."""
     if isinstance(data, dict):
+        data = {("val" if k == "validation" else k): v for k, v in data.items()}
         unknown = set(data) - {"train", "val", "test"}
         if "train" not in data or unknown:
             raise DataError(f"data dict needs 'train' and may have 'val' and 'test'; got keys {sorted(data)}")

@@ -141,9 +141,11 @@ class ImageSet:
 
 @dataclass
 class RawDataset:
-    """A dataset as its loader returns it: the official train and test splits."""
+    """A dataset as its loader returns it: the official train and test splits, and its own validation split where it
+    has one (else one is held out of train)."""
 
     info: DatasetInfo
     train: ImageSet
     test: ImageSet
+    val: Optional[ImageSet] = None
 

@@ -13,7 +13,19 @@ from kdlab.registry import Registry
 
 Loader = Callable[[DataConfig], RawDataset]
 
-DATASETS: Registry[Loader] = Registry("dataset")
+
+class DatasetRegistry(Registry[Loader]):
+    """The registry, where a registered name may also take a location: ``hf:PATH`` is the ``hf`` loader (which reads
+    ``PATH`` from the config's name)."""
+
+    def get(self, name: str) -> Loader:
+        prefix, sep, rest = name.partition(":")
+        if sep and rest and prefix in self and name not in self:
+            return super().get(prefix)
+        return super().get(name)
+
+
+DATASETS: Registry[Loader] = DatasetRegistry("dataset")
 
 
 def resolve_root(cfg: DataConfig, env_var: str, default: str) -> Path:

@@ -10,9 +10,10 @@ import torch
 
 from kdlab.config import DataConfig
 from kdlab.data.custom import DatasetSplit, as_split, data_parts, object_info
+from kdlab.data.fingerprint import is_hf_dataset
 from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
 from kdlab.data.registry import load_dataset
-from kdlab.errors import ConfigError
+from kdlab.errors import ConfigError, DataError
 
 Split = Union[ImageSet, DatasetSplit]
 
@@ -25,7 +26,7 @@ class Splits:
     train: Split
     val: Split
     test: Split
-    fingerprint: str  # short hash of the dataset name and all three splits' contents
+    fingerprint: str  # short hash of the dataset name and all three splits' contents (kdlab.data.fingerprint)
 
 
 def check_data_config(cfg: DataConfig) -> None:
@@ -75,6 +76,7 @@ def stratified_split(labels: torch.Tensor, val_ratio: float, seed: int) -> tuple
 
 
 def splits_fingerprint(name: str, *sets: Split) -> str:
+    """One hash of the dataset name and of every split's own fingerprint, in order (train, val, test)."""
     digest = hashlib.sha256(name.encode())
     for images in sets:
         digest.update(images.fingerprint.encode())
@@ -97,15 +99,24 @@ def load_splits(cfg: DataConfig, data: Any = None) -> Splits:
         train = train.subset(range(min(cfg.train_subset, len(train))))
     if cfg.test_subset is not None:
         test = test.subset(range(min(cfg.test_subset, len(test))))
-    train_idx, val_idx = stratified_split(train.labels, cfg.val_ratio, cfg.split_seed)
-    val = train.subset(val_idx)
-    train = train.subset(train_idx) if len(val_idx) else train
+    if raw.val is not None:
+        val = raw.val
+    else:
+        train_idx, val_idx = stratified_split(train.labels, cfg.val_ratio, cfg.split_seed)
+        val = train.subset(val_idx)
+        train = train.subset(train_idx) if len(val_idx) else train
+    _check_train(train, cfg)
     return Splits(effective_info(raw.info, cfg), train, val, test, splits_fingerprint(raw.info.name, train, val, test))
 
 
 def object_splits(data: Any, cfg: DataConfig) -> Splits:
     """Splits of the user's Dataset/DataLoader objects (a validation split is held out of train when none is given)."""
-    parts = {name: as_split(obj) for name, obj in data_parts(data).items()}
+    if is_hf_dataset(data) or (isinstance(data, (tuple, list, dict)) and any(map(is_hf_dataset, _members(data)))):
+        from kdlab.data.hf import wrap_hf  # imports the optional `datasets` package only when given its objects
+
+        data = wrap_hf(data, cfg)
+    parts = {name: as_split(obj, cfg.image_column, cfg.label_column) for name, obj in data_parts(data).items()}
+    _check_train(parts["train"], cfg)
     train = parts["train"]
     if cfg.train_subset is not None:
         train = train.subset(range(min(cfg.train_subset, len(train))))
@@ -114,8 +125,20 @@ def object_splits(data: Any, cfg: DataConfig) -> Splits:
     else:
         train_idx, val_idx = stratified_split(train.labels, cfg.val_ratio, cfg.split_seed)
         train, val = train.subset(train_idx), train.subset(val_idx)
+    _check_train(train, cfg)
     test = parts.get("test") or train.subset([])
     if cfg.test_subset is not None:
         test = test.subset(range(min(cfg.test_subset, len(test))))
     info = object_info(cfg.name, {"train": train, "val": val, "test": test}, cfg)
     return Splits(effective_info(info, cfg), train, val, test, splits_fingerprint(cfg.name, train, val, test))
+
+
+def _members(data: Any) -> list[Any]:
+    return list(data.values()) if isinstance(data, dict) else list(data) if isinstance(data, (tuple, list)) else [data]
+
+
+def _check_train(train: Split, cfg: DataConfig) -> None:
+    """Refuse an empty training split before any model is built (one line naming the dataset)."""
+    if len(train) == 0:
+        raise DataError(f"dataset {cfg.name!r}: the training split is empty (after train_subset and the held-out "
+                        f"validation split); give it at least one sample")

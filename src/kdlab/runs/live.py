@@ -77,19 +77,13 @@ def state_hash(model: nn.Module) -> str:
 
 
 def object_hash(obj: Any, extra: str = "") -> str:
-    """Identity of a Python object: its class or function source (or code, where the source is not available)."""
+    """Identity of a Python object: the code behind its class or function (:func:`kdlab.codeid.code_identity`: its
+    module's file, or in a notebook / ``__main__`` its own source and the local helpers it calls)."""
+    from kdlab.codeid import code_identity
+
     target = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
     digest = hashlib.sha256(f"{object_path(target)}|{extra}".encode())
-    try:
-        digest.update(inspect.getsource(inspect.getmodule(target) or target).encode())
-    except (OSError, TypeError):
-        try:
-            digest.update(inspect.getsource(target).encode())
-        except (OSError, TypeError):  # a notebook class: hash its methods' code
-            for member in vars(target).values() if inspect.isclass(target) else [target]:
-                code = getattr(member, "__code__", None)
-                if code is not None:
-                    digest.update(code.co_code + repr(code.co_consts).encode())
+    digest.update(code_identity(target).encode())
     if isinstance(obj, nn.Module):
         digest.update(repr(obj).encode())  # the architecture as built (constructor arguments included)
     return digest.hexdigest()[:16]
