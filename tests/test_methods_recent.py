@@ -4,6 +4,8 @@ worked out by hand, the students each method accepts, and a short real run of ea
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,9 @@ def test_trains_above_chance_on_fashion_mnist(method, fashion):
     kwargs = {} if method == "uskd" else {"teacher": teacher}
     run = kdlab.train(model, data, method=method, name=method, **kwargs, **common)
     assert run.metrics["test_top1"] > 40.0, run.metrics  # chance: 10%
+
+
+def test_cli_lists_the_new_methods():
+    out = subprocess.run([sys.executable, "-m", "kdlab", "list", "methods"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert {"deit", "dot", "nkd", "uskd", "wkd", "ofa"} <= set(out.stdout.split())
