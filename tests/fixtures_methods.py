@@ -41,6 +41,38 @@ def make_student_other_shapes() -> TinyNet:  # different channels AND spatial si
     return TinyNet((4, 6, 8, 10), (2, 2, 2, 1))
 
 
+class TinyDistilledNet(TinyNet):
+    """A stand-in for a distilled DeiT: two heads (timm's names ``head`` and ``head_dist``) on the pooled features; the
+    output is their mean, as timm's ``VisionTransformerDistilled`` returns outside ``distilled_training``."""
+
+    def __init__(self, widths: tuple[int, ...], strides: tuple[int, ...], num_classes: int = NUM_CLASSES,
+                 in_channels: int = 3) -> None:
+        super().__init__(widths, strides, num_classes)
+        del self.fc
+        if in_channels != 3:
+            self.stem[0] = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.head = nn.Linear(widths[-1], num_classes)
+        self.head_dist = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        f = torch.flatten(nn.functional.adaptive_avg_pool2d(self.body(self.stem(x)), 1), 1)
+        return (self.head(f) + self.head_dist(f)) / 2
+
+
+def make_distilled_student() -> TinyDistilledNet:
+    return TinyDistilledNet((6, 8, 12), (1, 2, 2))
+
+
+DISTILLED_STUDENT_METHODS = {"deit"}  # methods that need a student with a distillation head
+
+
+def student_for(name: str) -> TinyNet:
+    """The tiny student a method can train: a distilled one for ``deit`` (or a composite with it), else the plain."""
+    if set(name.split("+")) & DISTILLED_STUDENT_METHODS:
+        return make_distilled_student()
+    return make_student()
+
+
 class RaisingTeacher(nn.Module):
     """A teacher that must never run."""
 

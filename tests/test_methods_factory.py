@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from fixtures_methods import make_data, make_student, make_student_other_shapes, make_teacher
+from fixtures_methods import make_data, make_student, make_student_other_shapes, make_teacher, student_for
 from kdlab.batch import Batch
 from kdlab.config import from_dict
 from kdlab.errors import ConfigError
@@ -57,7 +57,7 @@ def test_params_classes_and_defaults():
     composite = from_dict(method_params_cls("kd+fitnets"), {"kd": {"T": 3}}, prefix="method.")
     assert composite.kd.T == 3.0 and composite.kd.weight == 1.0 and composite.fitnets.hint_weight == 100.0
     for name in METHODS.list():  # every method builds from defaults
-        method = build_method(name, {}, make_student(), make_teacher())
+        method = build_method(name, {}, student_for(name), make_teacher())
         assert isinstance(method.params, METHODS.get(name).Params)
 
 

@@ -5,17 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fixtures_methods import (RaisingTeacher, make_data, make_student, make_student_other_shapes, train_teacher)
+from fixtures_methods import (DISTILLED_STUDENT_METHODS, RaisingTeacher, make_data, make_distilled_student,
+                              make_student, make_student_other_shapes, student_for, train_teacher)
 from kdlab.batch import Batch
 from kdlab.methods import METHODS, build_method
 
-COMPOSITES = ["kd+fitnets", "kd+at", "at+kd_features", "kd+crd", "mlkd+reviewkd"]
+COMPOSITES = ["kd+fitnets", "kd+at", "at+kd_features", "kd+crd", "mlkd+reviewkd", "dot+fitnets"]
 NAMES = METHODS.list() + COMPOSITES
 STUDENTS = {"same_shapes": make_student, "other_shapes": make_student_other_shapes}
 # Here every batch is the whole split, so CRD refreshes each memory-bank row at every step (training refreshes a row
 # once per epoch): with its momentum 0.5 the banks then move as fast as the weights and the loss oscillates under SGD
 # momentum 0.9. A slower bank restores the per-epoch regime of a real run.
 TEST_PARAMS = {"crd": {"nce_m": 0.9}}
+READS_TEACHER_WEIGHTS = {"wkd"}  # its cost matrix comes from the teacher's classifier weights
 
 
 def params_for(name: str) -> dict:
@@ -59,7 +61,12 @@ def prepare(method, images: torch.Tensor, n: int) -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_method_trains(name, student_kind, teacher):
     torch.manual_seed(0)
-    student = STUDENTS[student_kind]()
+    if name in DISTILLED_STUDENT_METHODS:  # a student with a distillation head; one shape is enough
+        if student_kind != "same_shapes":
+            pytest.skip("a distilled student comes in one shape")
+        student = make_distilled_student()
+    else:
+        student = STUDENTS[student_kind]()
     student_keys = set(student.state_dict())
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     method = build_method(name, params_for(name), student, teacher)
@@ -106,7 +113,7 @@ def test_extra_modules_exist_where_expected(teacher):
 
 @pytest.mark.parametrize("name", NAMES)
 def test_losses_are_fp32_under_bf16_autocast(name, teacher):
-    method = build_method(name, {}, make_student(), teacher)
+    method = build_method(name, {}, student_for(name), teacher)
     images, labels = make_data(8)
     prepare(method, images, len(images))
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -121,11 +128,21 @@ def test_precomputed_teacher_logits_replace_the_teacher(teacher):
     given = teacher(images).detach()
     checked = []
     for name in METHODS.list():
-        live = build_method(name, {}, make_student(), teacher)
+        live = build_method(name, {}, student_for(name), teacher)
         if not live.needs_teacher or live.teacher_layers():
             continue
+        if live.needs_prepare:
+            prepare(live, images, len(images))
         live.eval()
-        offline = build_method(name, {}, live.student, RaisingTeacher())
+        # a method that builds from the teacher (its prepare() probe runs it; wkd reads its classifier weights) is
+        # built with it, then given a teacher that must never run
+        built_from_teacher = live.needs_prepare or name in READS_TEACHER_WEIGHTS
+        offline = build_method(name, {}, live.student, teacher if built_from_teacher else RaisingTeacher())
+        if live.needs_prepare:  # the same extra modules: built, then given the live method's weights
+            prepare(offline, images, len(images))
+            offline.load_trainable_state_dict(live.trainable_state_dict())
+        if built_from_teacher:
+            offline.teacher = RaisingTeacher()
         offline.eval()
         expected = {k: v for k, v in live(batch(images, labels)).items() if k.startswith("loss_")}
         got = {k: v for k, v in offline(batch(images, labels, teacher_logits=given)).items() if k.startswith("loss_")}
@@ -133,7 +150,7 @@ def test_precomputed_teacher_logits_replace_the_teacher(teacher):
         for key in expected:
             torch.testing.assert_close(got[key], expected[key], msg=f"{name}: {key}")
         checked.append(name)
-    assert {"kd", "dkd", "dist", "mlkd", "ctkd"} <= set(checked)
+    assert {"kd", "dkd", "dist", "mlkd", "ctkd", "nkd", "wkd", "dot", "deit", "ofa"} <= set(checked)
 
 
 def test_dml_students_are_distinct_and_all_saved():

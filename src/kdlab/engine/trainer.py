@@ -24,10 +24,10 @@ from kdlab.engine import distributed
 from kdlab.engine.device import autocast
 from kdlab.engine.evaluate import evaluate, predict
 from kdlab.engine.host import ThreadPolicy, tune_cpu_allocator
-from kdlab.engine.optim import build_optimizer, build_scheduler
+from kdlab.engine.optim import PerLossMomentumSGD, build_optimizer, build_scheduler
 from kdlab.engine.progress import clock
 from kdlab.engine.runio import RunIO
-from kdlab.errors import DivergenceError
+from kdlab.errors import ConfigError, DivergenceError
 
 # (epoch, batch_index, batch) -> the teacher's logits for exactly these views, or None to let the method run the teacher
 TeacherCache = Callable[[int, int, Batch], Optional[Tensor]]
@@ -61,7 +61,11 @@ class Trainer:
             tune_cpu_allocator()
         memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         method.to(device=options.device, memory_format=memory_format)
-        self.optimizer = build_optimizer(method.trainable_parameters(), options.optim)
+        loss_groups = method.loss_groups() if hasattr(method, "loss_groups") else {}
+        if loss_groups and options.dist is not None and options.dist.enabled:
+            raise ConfigError("this method's per-loss momenta (loss_groups) need one backward per loss group, which "
+                              "DDP does not support; train it in one process")
+        self.optimizer = build_optimizer(method.trainable_parameters(), options.optim, loss_groups)
         self.scheduler = build_scheduler(self.optimizer, options.optim, len(train_loader), options.epochs)
         dist = options.dist
         wrapped = distributed.wrap(method, dist, options.device) if dist and dist.enabled else method
@@ -287,6 +291,9 @@ def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch
                parameters: Callable[[], list] = list) -> tuple[dict, Tensor, dict]:
     """One optimizer step on one batch: forward under autocast, sum of the ``loss_*`` parts, backward, clip, step.
 
+    When the method declared ``loss_groups`` (its optimizer is a :class:`PerLossMomentumSGD`), each group of parts is
+    backpropagated on its own (``optim.grad_clip`` then clips each group's gradient).
+
     A non-finite loss raises :class:`NonFiniteLoss` naming the first bad part, before anything is updated.
     """
     with autocast(opt.device, opt.bf16):
@@ -297,9 +304,17 @@ def train_step(step_fn: Callable, optimizer: torch.optim.Optimizer, batch: Batch
         part = next((k for k, v in parts.items() if not torch.isfinite(v)), "loss")
         raise NonFiniteLoss(part, float(parts.get(part, loss).detach()))
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if opt.optim.grad_clip > 0:
-        nn.utils.clip_grad_norm_(parameters(), opt.optim.grad_clip)
+    if isinstance(optimizer, PerLossMomentumSGD):  # one backward per loss group, each into its own gradient slot
+        groups = optimizer.split(parts)
+        for i, (group, group_loss) in enumerate(groups):
+            group_loss.backward(retain_graph=i < len(groups) - 1)
+            if opt.optim.grad_clip > 0:
+                nn.utils.clip_grad_norm_(parameters(), opt.optim.grad_clip)
+            optimizer.stash(group)
+    else:
+        loss.backward()
+        if opt.optim.grad_clip > 0:
+            nn.utils.clip_grad_norm_(parameters(), opt.optim.grad_clip)
     optimizer.step()
     return out, loss, parts
 

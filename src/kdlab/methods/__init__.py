@@ -10,6 +10,7 @@ from kdlab.methods.registry import METHODS
 from kdlab.methods import ce  # noqa: F401  (registers)
 from kdlab.methods import kd, fitnets, kd_features, at, dml, byot, dkd, dist  # noqa: F401,E402  (register)
 from kdlab.methods import rkd, pkt, sp, nst, vid, cc, reviewkd, crd, mlkd, ctkd  # noqa: F401,E402  (register)
+from kdlab.methods import nkd, uskd, wkd, dot, deit, ofa  # noqa: F401,E402  (register)
 from kdlab.methods.compose import Composite  # noqa: E402
 from kdlab.methods.factory import build_method, method_params_cls, parse_method_params  # noqa: E402
 

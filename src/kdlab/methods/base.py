@@ -11,6 +11,7 @@ What a method declares (all optional):
 - ``reads_teacher_logits()``: whether it reads the teacher's logits; a method that reads logits and no teacher
   layer can be given them precomputed (``batch.teacher_logits``), so the teacher need not run;
 - ``ce_weight()``: the weight of the hard cross-entropy on the labels (default 1);
+- ``loss_groups()``: separate SGD momenta per group of loss terms (DOT), applied by the engine's optimizer;
 - ``build(setup)``: creates its shape-dependent modules (adapters, heads, memory banks) from a :class:`Setup`;
 - ``losses(ctx)``: its own ``loss_*`` terms from a :class:`Context`: one student pass (and at most one teacher pass)
   with every hooked feature, shared by every part of a composite.
@@ -106,6 +107,14 @@ class Method(nn.Module):
     def ce_weight(self) -> float:
         """Weight of the hard cross-entropy on the student's logits."""
         return 1.0
+
+    def loss_groups(self) -> dict[str, float]:
+        """Per-loss-term SGD momenta: ``{term or "*": momentum offset}``; {} (default): one momentum for the sum.
+
+        When not empty, the engine backpropagates each group of ``loss_*`` terms separately and keeps one momentum
+        buffer per group, with momentum ``optim.momentum + offset`` ("*" is every term not named): DOT's mechanism.
+        """
+        return {}
 
     def build(self, setup: Setup) -> None:
         """Create shape-dependent modules from ``setup`` (its ``probe`` holds a dry run's features)."""

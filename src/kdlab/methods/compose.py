@@ -93,6 +93,12 @@ class Composite(Method):
     def extra_modules(self) -> list[nn.Module]:
         return [m for p in self.parts.values() for m in p.extra_modules()]
 
+    def loss_groups(self) -> dict[str, float]:
+        groups: dict[str, float] = {}  # the parts' declarations merged; the first part to name a term wins
+        for part in self.parts.values():
+            groups = {**part.loss_groups(), **groups}
+        return groups
+
     def build(self, setup: Setup) -> None:
         for part in self.parts.values():
             part.build(setup)
