@@ -98,6 +98,13 @@ class PlannedRun:
         return RunDir(self.run_dir)
 
     @property
+    def config(self) -> TrainConfig:
+        """The config it trains with (a planned run; one read back from a manifest has none)."""
+        if self.cfg is None:
+            raise ReportError(f"run {self.key!r} was read from a manifest: it has no training config")
+        return self.cfg
+
+    @property
     def model_path(self) -> Path:
         """Its weights: the given checkpoint, or the run's ``model.safetensors``."""
         return self.given_checkpoint or self.files.model
@@ -124,19 +131,21 @@ class PlannedRun:
 
     @classmethod
     def from_row(cls, exp_dir: Path, row: dict) -> "PlannedRun":
-        common = {"key": str(row["key"]), "role": str(row["role"]), "teacher": row.get("teacher"),
-                  "student": str(row["student"]), "method": str(row.get("method") or "ce"), "seed": int(row["seed"]),
-                  "model": str(row.get("model") or ""), "labels": dict(row.get("labels") or {})}
+        key, role, seed = str(row["key"]), str(row["role"]), int(row["seed"])
+        teacher = None if row.get("teacher") is None else str(row["teacher"])
+        student, method = str(row["student"]), str(row.get("method") or "ce")
+        model, labels = str(row.get("model") or ""), dict(row.get("labels") or {})
         if row.get("run_dir"):
             relative = PurePath(str(row["run_dir"]))
             if relative.is_absolute() or ".." in relative.parts or "\0" in str(relative):
-                raise ReportError(f"{exp_dir / MANIFEST_FILE}: run {common['key']!r} has run_dir {str(relative)!r}, "
+                raise ReportError(f"{exp_dir / MANIFEST_FILE}: run {key!r} has run_dir {str(relative)!r}, "
                                   f"which is not inside the experiment; a manifest names its runs relative to it")
-            return cls(**common, run_dir=exp_dir / relative)
+            return cls(key, role, student, method, seed, exp_dir / relative, model, teacher, labels=labels)
         given = Path(str(row["checkpoint"])).expanduser()
         if not given.is_absolute() and not given.exists():
             given = exp_dir / given
-        return cls(**common, run_dir=ExperimentDir(exp_dir).given_cache(common["key"]), given_checkpoint=given)
+        return cls(key, role, student, method, seed, ExperimentDir(exp_dir).given_cache(key), model, teacher,
+                   given_checkpoint=given, labels=labels)
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ class Eta:
         teacher = self._teacher_epoch(spec.teacher)
         if teacher is None:
             return None
-        live = not (self.shared and reads_logits_only(spec.cfg.method.name))
+        live = not (self.shared and reads_logits_only(spec.config.method.name))
         return own + (teacher * TEACHER_FORWARD_SHARE if live else 0.0)
 
     def _teacher_epoch(self, label: str | None) -> float | None:
@@ -76,5 +76,5 @@ class Eta:
             seconds = self.epoch(spec)
             if seconds is None:
                 return None
-            total += seconds * (spec.cfg.epochs - epochs_done(spec))
+            total += seconds * (spec.config.epochs - epochs_done(spec))
         return total

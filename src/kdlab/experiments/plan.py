@@ -92,8 +92,7 @@ def _planned(role: str, student: str, method: str, seed: int, cfg: TrainConfig,
 
 def _keyed(spec: PlannedRun, data_fingerprint: str, live: Live) -> PlannedRun:
     """Resolve the run's config, key it by its identity and name its directory after its key."""
-    assert spec.cfg is not None
-    cfg = spec.cfg = resolve_config(spec.cfg, live)
+    cfg = spec.cfg = resolve_config(spec.config, live)
     teacher_key = spec.teacher_run.key if spec.teacher_run else None
     names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
     spec.key = run_key(cfg, teacher_key, data_fingerprint, plugin_identity(cfg.imports, names, live))

@@ -30,28 +30,27 @@ def check_plan(plan: list[PlannedRun], splits: Splits, live: Live) -> None:
     checked: set[str] = set()
     for spec in plan:
         if spec.given_checkpoint:
-            teacher, view = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live, spec.cfg.imports)
+            teacher, view = load_teacher(str(spec.given_checkpoint), splits.info, CPU, live, spec.config.imports)
             if images is not None and view is None:  # (with a view it sees its own input; checked as it trains)
                 check_forward(teacher, images, f"teacher {spec.student!r} ({spec.given_checkpoint})")
             continue
         if spec.files.finished():
             spec.files.check_finished()
             spec.files.verify_result()
-        pretrained = spec.cfg.model.pretrained
+        pretrained = spec.config.model.pretrained
         if pretrained and pretrained not in HUBS and pretrained not in checked:
             read_state_dict(pretrained)  # readable, a state dict, nothing unpickled beyond tensors
             checked.add(pretrained)
-        architecture = repr((spec.cfg.model.name, sorted(spec.cfg.model.kwargs.items())))
+        architecture = repr((spec.config.model.name, sorted(spec.config.model.kwargs.items())))
         if images is not None and architecture not in checked:
-            cfg = spec.cfg if spec.cfg.model.name in live.models else _fresh(spec)
+            cfg = spec.config if spec.config.model.name in live.models else _fresh(spec)
             check_forward(build_student(cfg, splits.info, live), images, f"model {spec.student!r}")
             checked.add(architecture)
 
 
 def _fresh(spec: PlannedRun) -> TrainConfig:
     """The run's config without its initial weights: the shape check needs the architecture only."""
-    assert spec.cfg is not None
-    return replace(spec.cfg, model=replace(spec.cfg.model, pretrained=None))
+    return replace(spec.config, model=replace(spec.config.model, pretrained=None))
 
 
 def _sample_images(plan: list[PlannedRun], splits: Splits) -> torch.Tensor | None:
@@ -59,5 +58,5 @@ def _sample_images(plan: list[PlannedRun], splits: Splits) -> torch.Tensor | Non
     split = splits.val if len(splits.val) else splits.test
     if not plan or not len(split):
         return None
-    loader = make_loader(split, splits.info, plan[0].cfg.dataset, train=False, device=CPU)
+    loader = make_loader(split, splits.info, plan[0].config.dataset, train=False, device=CPU)
     return next(iter(loader)).images[:2] if loader.num_samples else None

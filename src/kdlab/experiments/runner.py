@@ -45,8 +45,7 @@ class TrainOne(Protocol):
 
 def train_here(exp: ExperimentConfig, spec: PlannedRun, live: Live, opened: list, splits: Splits) -> None:
     """Train one run in this process, sharing the teacher's outputs as the experiment says."""
-    assert spec.cfg is not None
-    train_single(spec.cfg, splits=splits, teacher_cache=teacher_cache_factory(exp, spec, opened), live=live)
+    train_single(spec.config, splits=splits, teacher_cache=teacher_cache_factory(exp, spec, opened), live=live)
 
 
 def experiment_lock(directory: Path):
@@ -135,7 +134,6 @@ class ExperimentRunner:
         if spec.given_checkpoint:
             self.log(f"{head}: given checkpoint {spec.given_checkpoint}")
             return
-        assert spec.cfg is not None
         before = epochs_done(spec)  # epochs an interrupted earlier invocation finished
         state = run_state(spec)
         if state == "done":
@@ -153,7 +151,7 @@ class ExperimentRunner:
             self.stats.add(cache.stats)
         self.caches.extend(opened)
         one_off = sum(getattr(cache.stats, "bank_seconds", 0.0) for cache in opened)  # the bank, built by this run
-        self.eta.record(spec, (elapsed - one_off) / max(1, spec.cfg.epochs - before))
+        self.eta.record(spec, (elapsed - one_off) / max(1, spec.config.epochs - before))
 
     def discard_caches(self) -> None:
         for cache in self.caches:
@@ -235,5 +233,4 @@ def epochs_done(spec: PlannedRun) -> int:
 
 def run_state(spec: PlannedRun) -> str:
     """``done``, or how far an unfinished run got (see :meth:`kdlab.rundir.RunDir.describe_state`)."""
-    assert spec.cfg is not None
-    return spec.files.describe_state(spec.cfg.epochs)
+    return spec.files.describe_state(spec.config.epochs)

@@ -10,6 +10,7 @@ import json
 import shutil
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from kdlab.config import TrainConfig, check_plain_name, to_dict
 from kdlab.console import log
@@ -69,7 +70,8 @@ def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool 
     if previous is None:
         return None
     now = to_dict(cfg)
-    changed = sorted(_diff_keys(*({k: v for k, v in c.items() if k not in _NOT_IDENTITY} for c in (previous, now))))
+    recorded, current = ({k: v for k, v in c.items() if k not in _NOT_IDENTITY} for c in (previous, now))
+    changed = sorted(_diff_keys(recorded, current))
     if not changed:
         before = _read_identity(files_)
         changed = [f"identity.{k}" for k in sorted(set(before) | set(identity)) if before.get(k) != identity.get(k)]
@@ -110,7 +112,7 @@ def _read_identity(files_: RunDir) -> dict:
         return {}
 
 
-def _diff_keys(a, b, prefix: str = "") -> list[str]:
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
     return [] if a == b else [prefix.rstrip(".")]

@@ -66,11 +66,11 @@ def data_view(images: torch.Tensor, info: DatasetInfo, cfg: DataConfig, own_obje
     is the user's Dataset objects, whose float samples carry their own normalization."""
     channels, size = int(images.shape[1]), (int(images.shape[2]), int(images.shape[3]))
     seen = images.float()
-    stats = {"seen_mean": round(seen.mean().item(), 4), "seen_std": round(seen.std().item(), 4)}
+    seen_mean, seen_std = round(seen.mean().item(), 4), round(seen.std().item(), 4)
     if own_objects:
-        return InputView(size, channels, **stats)
+        return InputView(size, channels, seen_mean=seen_mean, seen_std=seen_std)
     mean, std = normalization(info, cfg.normalize, channels)
-    return InputView(size, channels, tuple(mean), tuple(std), **stats)
+    return InputView(size, channels, tuple(mean), tuple(std), seen_mean, seen_std)
 
 
 def recorded_view(meta: dict, info: DatasetInfo) -> Optional[InputView]:

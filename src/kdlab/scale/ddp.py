@@ -108,9 +108,8 @@ def _rank_main(rank: int, world: int, port: int, exp: ExperimentConfig, spec: Pl
     prefix_logging(f"[rank {rank}] ")
     opened: list = []
     ranked = teacher_cache_factory(exp, spec, opened, suffix=f"-r{rank}of{world}")
-    assert spec.cfg is not None
     try:
-        train_single(spec.cfg, teacher_cache=ranked, live=live)
+        train_single(spec.config, teacher_cache=ranked, live=live)
         messages.put(("ok", rank, [(str(c.directory), c.stats.as_dict()) for c in opened]))
     except KdlabError as exc:
         messages.put(("error", rank, str(exc)))

@@ -20,7 +20,7 @@ import multiprocessing.forkserver
 PRELOAD = ["kdlab.scale.worker"]
 
 
-def worker_context() -> multiprocessing.context.BaseContext:
+def worker_context() -> multiprocessing.context.SpawnContext | multiprocessing.context.ForkServerContext:
     """The multiprocessing context local workers start from: the fork server where the platform has one, else spawn."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")

@@ -51,8 +51,8 @@ def make_groups(plan: list[PlannedRun], exp: ExperimentConfig, live: Live) -> li
         source = spec.teacher_run
         needs = {position[id(source)]} if source is not None and not source.given_checkpoint else set()
         together = None
-        if exp.share_teacher_outputs and source is not None and logits_only(spec.cfg.method.name, live):
-            together = (source.key, spec.seed, spec.role, spec.cfg.dataset.batch_size)
+        if exp.share_teacher_outputs and source is not None and logits_only(spec.config.method.name, live):
+            together = (source.key, spec.seed, spec.role, spec.config.dataset.batch_size)
         if together in shared:
             shared[together].numbers.append(number)
             continue

@@ -96,11 +96,11 @@ class ParallelRunner:
                 for number in group.numbers:
                     self._record(board, plan, number, f"its teacher run {plan[source - 1].run_dir} failed")
             while pool.has_free():
-                group = board.take_ready()
-                if group is None:
+                ready = board.take_ready()
+                if ready is None:
                     break
-                pool.submit(GroupTask(group.id, group.numbers, plan, self.exp, self.live, storage, pool.threads))
-                running[group.id] = group
+                pool.submit(GroupTask(ready.id, ready.numbers, plan, self.exp, self.live, storage, pool.threads))
+                running[ready.id] = ready
             if not running:
                 for group in board.waiting:  # cannot happen: every dependency is a run of the plan
                     for number in group.numbers:

@@ -116,7 +116,7 @@ def run_group(task: GroupTask, emit: Emit, memo: dict) -> None:
         try:
             runner.run_or_record(number, task.plan, spec, splits, failed)
         except Exception as exc:  # noqa: BLE001 - a bug or an out-of-memory fails this run, not the experiment
-            log.exception(f"[{number}/{len(task.plan)}] {spec.cfg.name}: failed")
+            log.exception(f"[{number}/{len(task.plan)}] {spec.config.name}: failed")
             failed.append({"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"})
         if not failed:
             _prepare_report(task, spec, splits)
@@ -183,7 +183,8 @@ def serve(conn: multiprocessing.connection.Connection, slot: Slot) -> None:
 def _leave() -> None:
     """End this worker now: its runs' files are written, and tearing down an interpreter that loaded torch and the
     experiment's data takes most of a second, which the driver would wait for before its report."""
-    multiprocessing.util._exit_function()  # what a process of multiprocessing runs at its end (finalizers, locks)
+    # what a process of multiprocessing runs at its end (finalizers, locks): the standard library's own, unexported
+    multiprocessing.util._exit_function()  # type: ignore[attr-defined]
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
