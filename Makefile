@@ -46,6 +46,7 @@ demo: setup
 
 test: setup $(VENV)/.kdlab-test-installed browser
 	$(PY) -m ruff check src tests benchmarks
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 bench: setup

@@ -5,7 +5,8 @@ One public function per kind:
 - :func:`dataset_fingerprint` -- a ``torch.utils.data.Dataset`` or ``DataLoader``: the code of its class and of its
   transforms (:func:`kdlab.codeid.code_identity`: the module file, or in a notebook the class's own source and the
   helpers it calls), its length, a hash of its labels (the ``targets``/``labels`` attribute; else every item's label
-  when it has fewer than 20k items; else a seeded sample) and of a seeded sample of 16 items' contents.
+  when it has fewer than 20k items; else a seeded sample) and of its items' contents (every item below 4,096
+  items, else a seeded sample of 16).
 - :func:`hf_fingerprint` -- a Hugging Face ``datasets.Dataset`` / ``DatasetDict``: its own fingerprint (which
   ``datasets`` derives from its files and the operations applied), length, columns and the columns chosen.
 - :func:`data_fingerprint` -- any of those, or a ``(train, test)`` / ``(train, val, test)`` tuple or a dict of them:
@@ -14,8 +15,8 @@ One public function per kind:
   names and sizes), combined over train/val/test by :func:`kdlab.data.splits.splits_fingerprint`.
 
 What no fingerprint sees: files a ``__getitem__`` reads whose size and time did not change (sampled items aside),
-randomness that does not come from the seeded torch / numpy / ``random`` generators, and unsampled items of a large
-Dataset without a ``targets`` attribute. A new ``name=`` or deleting the run directory forces a new run.
+randomness that does not come from the seeded torch / numpy / ``random`` generators, and the unsampled items of a
+Dataset of 4,096 items or more. A new ``name=`` or deleting the run directory forces a new run.
 
 Items are read under a fixed seed (torch, numpy and ``random``, restored afterwards), so a Dataset with random
 augmentation gives the same fingerprint every time.
@@ -34,7 +35,8 @@ from torch.utils.data import DataLoader
 
 from kdlab.codeid import code_identity
 
-ITEM_SAMPLES = 16  # items whose content is hashed
+ITEM_SAMPLES = 16  # items whose content is hashed in a large Dataset
+ALL_ITEMS_BELOW = 4096  # below this many items, every item's content is hashed (a changed item is a changed dataset)
 LABEL_SAMPLES = 1024  # labels read from a large Dataset without a targets attribute
 ALL_LABELS_BELOW = 20_000  # below this many items, every label is read when there is no targets attribute
 _SEED = 0
@@ -161,11 +163,12 @@ def labels_hash(dataset: Any, labels: Optional[torch.Tensor] = None, label_key: 
 
 
 def items_hash(dataset: Any, count: int = ITEM_SAMPLES) -> str:
-    """A hash of the contents (every tensor, array, image and number) of a seeded sample of ``count`` items, read
-    under a fixed seed."""
+    """A hash of the contents (every tensor, array, image and number) of every item of a small Dataset (fewer than
+    :data:`ALL_ITEMS_BELOW`), else of a seeded sample of ``count`` items, read under a fixed seed."""
     digest = hashlib.sha256()
+    n = len(dataset)
     with seeded(_SEED):
-        for i in sample_indices(len(dataset), count):
+        for i in range(n) if n < ALL_ITEMS_BELOW else sample_indices(n, count):
             digest.update(f"#{i}".encode())
             for chunk in _content(dataset[i]):
                 digest.update(chunk)
