@@ -167,4 +167,5 @@ def test_a_folder_named_kdlab_beside_a_script_does_not_shadow_the_package(tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = subprocess.run([sys.executable, "script.py"], cwd=tmp_path, capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stderr
-    assert Path(out.stdout.splitlines()[0]).resolve().is_relative_to(PACKAGE.resolve()), out.stdout
+    assert not Path(out.stdout.splitlines()[0]).resolve().is_relative_to(tmp_path.resolve()), out.stdout
+    assert Path(out.stdout.splitlines()[0]).parent.parent.name == "src", out.stdout  # the installed src/kdlab

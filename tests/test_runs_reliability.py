@@ -119,7 +119,9 @@ def test_finished_runs_record_checksums_and_checkpoints_keep_the_previous(tmp_pa
     assert main(_train(fmnist, tmp_path, "name=c", "epochs=3")) == 0
     run = tmp_path / "c"
     sums = json.loads((run / "checksums.json").read_text())
-    assert sums == {p.name: sha256_file(p) for p in run.glob("*.safetensors")} and "model.safetensors" in sums
+    weights = {k: v for k, v in sums.items() if k.endswith(".safetensors")}
+    assert weights == {p.name: sha256_file(p) for p in run.glob("*.safetensors")} and "model.safetensors" in sums
+    assert sums["result.json"] == sha256_file(run / "result.json")
     pointer = json.loads((run / "checkpoints" / "latest.json").read_text())
     assert (pointer["epoch"], pointer["previous"]["epoch"]) == (3, 2)
     assert sorted(p.name for p in (run / "checkpoints").glob("epoch-*")) == ["epoch-0002", "epoch-0003"]

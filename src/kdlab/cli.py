@@ -98,13 +98,14 @@ def cmd_run(args: argparse.Namespace) -> dict:
         from kdlab.scale.forkserver import start_worker_server
 
         start_worker_server()  # the workers' imports (torch) run while this process imports its own
+    from kdlab.experiments.runner import named_modules
     from kdlab.scale import run_experiment  # torch: after the fork server has started
 
     exp.imports = list(dict.fromkeys([*exp.imports, *args.imports]))
     server = _serve_live(exp.directory, args.port) if args.serve else None
     try:
         summary = run_experiment(exp)
-        report = _report(exp.directory, exp.device, exp.imports)
+        report = _report(exp.directory, exp.device, named_modules(exp))
     finally:
         if server is not None:
             server.shutdown()

@@ -27,6 +27,7 @@ from kdlab.config import deep_merge, load_yaml
 from kdlab.console import ensure_logging, log
 from kdlab.data.custom import data_parts
 from kdlab.engine.tracking import log_experiment
+from kdlab.experiments.runner import named_modules
 from kdlab.experiments.config import ExperimentConfig, default_experiment_path, load_experiment
 from kdlab.plugins import object_path
 from kdlab.report import build_report
@@ -63,7 +64,7 @@ class Experiment:
         ensure_logging()
         objects = self.live.data.get(self.config.dataset.name)
         report = Report(build_report(self.directory, device=device, log=log.info, data=objects,
-                                     models=self.live.models, imports=self.config.imports))
+                                     models=self.live.models, imports=named_modules(self.config)))
         if self.config.tracking == "mlflow":
             log_experiment(self.directory, self.config.tracking_uri, self.config.name)
         return report

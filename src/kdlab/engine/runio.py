@@ -201,6 +201,9 @@ class RunIO:
             sums[self.dir.config.name] = files.sha256_file(self.dir.config)
         files.write_json(self.dir.checksums, sums)
         files.write_text(self.dir.result, text)
+        if tracking := self.tracking():  # the run finished: its tracking ends with its final metrics and files
+            tracking.finish(result)
+            self._tracking = None
 
     def save_student(self, name: str, weights: dict[str, torch.Tensor], meta: dict) -> Path:
         """Save a student's weights as the run's ``model.safetensors`` (``name="student"``) or

@@ -29,6 +29,7 @@ from kdlab.experiments.config import ExperimentConfig
 from kdlab.experiments.eta import Eta
 from kdlab.experiments.plan import expand, validate
 from kdlab.experiments.preflight import check_plan
+from kdlab.plugins import module_names
 from kdlab.report.live import write_live
 from kdlab.runs.identity import saved_imports
 from kdlab.runs.live import Live
@@ -69,6 +70,7 @@ class ExperimentRunner:
         self.live = live or Live()
         if check:  # a worker process gets an experiment the driver has validated
             validate(exp, self.live)
+        self.live.trusted = named_modules(exp)
         self.exp = exp
         self.dir = exp.directory
         self.log = log
@@ -197,6 +199,13 @@ def teacher_cache_factory(exp: ExperimentConfig, spec: PlannedRun, opened: list,
         return cache
 
     return factory
+
+
+def named_modules(exp: ExperimentConfig) -> list[str]:
+    """The plug-in modules the experiment itself names (its ``imports`` and its models' ``module:Name``): its runs
+    may import them when they load each other's checkpoints (a student its teacher's)."""
+    names = [m.name for m in (*exp.teachers, *exp.assistants, *exp.students)]
+    return list(dict.fromkeys([*exp.imports, *module_names(names)]))
 
 
 def write_manifest(exp: ExperimentConfig, plan: list[PlannedRun]) -> None:

@@ -31,6 +31,9 @@ class Live:
     data: dict[str, Any] = field(default_factory=dict)  # name -> Dataset/DataLoader objects (see kdlab.data.custom)
     methods: dict[str, Any] = field(default_factory=dict)  # name -> Method class or loss function
     hashes: dict[str, str] = field(default_factory=dict)  # name -> identity hash of the object
+    # plug-in modules the caller vouches for beyond a run's own imports: an experiment's file names the models of
+    # its teacher runs (``module:Name``), so a student run may import them when it loads its teacher's checkpoint
+    trusted: list[str] = field(default_factory=list)
     _objects: dict[str, Any] = field(default_factory=dict, repr=False)  # name -> the object it was given for
 
     def add(self, kind: str, obj: Any, name: Optional[str] = None, factory: Optional[Callable] = None) -> str:

@@ -144,7 +144,8 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
     device = distributed.setup(dist, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     student = build_student(cfg, splits.info, live)
-    teacher, teacher_view = (load_teacher(cfg.teacher, splits.info, device, live, cfg.imports) if cfg.teacher
+    trusted = [*cfg.imports, *live.trusted]
+    teacher, teacher_view = (load_teacher(cfg.teacher, splits.info, device, live, trusted) if cfg.teacher
                              else (None, None))
     method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
     if teacher is not None:  # an inference module: BatchNorm folded, the layers the method reads kept by name
