@@ -85,6 +85,7 @@ class USKDParams(BaseParams):
 @METHODS.register("uskd")
 class USKD(Method):
     Params = USKDParams
+    params: USKDParams
     needs_teacher = False
     needs_prepare = True
 
