@@ -124,7 +124,6 @@ class OFA(Method):
         return True
 
     def build(self, setup: Setup) -> None:
-        assert setup.probe is not None
         feats, k, n = setup.probe.features, setup.num_classes, len(self.stages)
         last = feats[self.stages[-1]]
         width = last.shape[1] if last.dim() == 4 else last.shape[-1]

@@ -103,7 +103,6 @@ class USKD(Method):
         return [self.layer]
 
     def build(self, setup: Setup) -> None:
-        assert setup.probe is not None
         channels = pooled(setup.probe.features[self.layer]).shape[1]
         self.weak.append(nn.Linear(channels, setup.num_classes))
 
