@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Method, check_param
+from kdlab.methods.base import BaseParams, Context, Method, check_param, loss_sum
 from kdlab.methods.hooks import match_spatial, pair_deepest, resolve_layers
 from kdlab.methods.registry import METHODS
 
@@ -43,12 +43,13 @@ class ATParams(BaseParams):
 @METHODS.register("at")
 class AT(Method):
     Params = ATParams
+    params: ATParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: ATParams | None = None) -> None:
         super().__init__(student, teacher, params)
         p = self.params
         s_layers = resolve_layers(student, p.student_layers, "method.student_layers")
-        t_layers = resolve_layers(teacher, p.teacher_layers, "method.teacher_layers")
+        t_layers = resolve_layers(self.require_teacher(), p.teacher_layers, "method.teacher_layers")
         if p.student_layers and p.teacher_layers:
             check_param(len(s_layers) == len(t_layers), "teacher_layers",
                         f"must pair with method.student_layers ({len(t_layers)} vs {len(s_layers)} layers)")
@@ -63,5 +64,5 @@ class AT(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         pairs = zip(self.s_layers, self.t_layers)
-        total = sum(at_loss(ctx.features[s], ctx.teacher_features[t], self.params.p) for s, t in pairs)
+        total = loss_sum(at_loss(ctx.features[s], ctx.teacher_features[t], self.params.p) for s, t in pairs)
         return {"loss_at": self.params.beta * total}

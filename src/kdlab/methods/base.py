@@ -24,7 +24,7 @@ statistics must not drift). ``students()`` names the modules that are evaluated 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Optional
+from typing import ClassVar, Iterable, Optional, TypeVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -56,15 +56,27 @@ class Context:
     def labels(self) -> Tensor:
         return self.batch.labels
 
+    def require_teacher_logits(self) -> Tensor:
+        """The teacher's logits, for a method that reads them (``reads_teacher_logits()`` or a teacher layer)."""
+        if self.teacher_logits is None:
+            raise RuntimeError("this method reads the teacher's logits, but the forward pass produced none: "
+                               "its reads_teacher_logits() must return True")
+        return self.teacher_logits
+
 
 @dataclass
 class Setup:
     """What a method may size itself by before training: :meth:`Method.prepare` fills ``probe``."""
 
     example: Tensor  # a few training images, on the device
+    probe: Context  # a dry-run forward pass of ``example`` in eval mode
     num_samples: int = 0  # size of the training split (memory banks are sized by it)
-    num_classes: int = 0  # 0: read from the probe's logits
-    probe: Optional[Context] = None  # a dry-run forward pass of ``example`` in eval mode
+    num_classes: int = 0  # the probe's number of logits unless given
+
+
+def loss_sum(terms: Iterable[Tensor]) -> Tensor:
+    """Σ of one or more loss terms, left to right as Python's ``sum`` adds them (so the values are unchanged)."""
+    return cast(Tensor, sum(terms))
 
 
 def check_param(ok: bool, key: str, requirement: str) -> None:
@@ -73,8 +85,11 @@ def check_param(ok: bool, key: str, requirement: str) -> None:
         raise ConfigError(f"config key 'method.{key}' {requirement}")
 
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
+
+
 class Method(nn.Module):
-    Params: ClassVar[type] = BaseParams
+    Params: ClassVar[type[BaseParams]] = BaseParams
     needs_teacher: ClassVar[bool] = True
     composable: ClassVar[bool] = True  # False: it cannot be a part of a+b (it runs its own forward pass)
     needs_prepare: ClassVar[bool] = False  # True: build() creates modules, so prepare() must run before training
@@ -84,8 +99,8 @@ class Method(nn.Module):
         if self.needs_teacher and teacher is None:
             raise ConfigError(f"method {type(self).__name__.lower()!r} needs a teacher (teacher=CHECKPOINT)")
         self.student = student
-        self.params = params if params is not None else self.Params()
-        self.teacher = teacher
+        self.params: BaseParams = params if params is not None else self.Params()  # subclasses narrow its type
+        self.teacher: nn.Module | None = teacher
         if teacher is not None:
             teacher.requires_grad_(False)
             teacher.eval()
@@ -175,10 +190,9 @@ class Method(nn.Module):
         """
         if self.prepared:  # once: a second build would orphan the optimizer's parameters
             return
-        setup = Setup(example[:2], num_samples, num_classes)
-        setup.probe = self.shared_pass().probe(setup.example)
-        setup.num_classes = setup.num_classes or setup.probe.logits.shape[1]
-        self.build(setup)
+        example = example[:2]
+        probe = self.shared_pass().probe(example)
+        self.build(Setup(example, probe, num_samples, num_classes or probe.logits.shape[1]))
         for module in self.extra_modules():
             module.to(example.device)
         self.prepared = True
@@ -198,6 +212,18 @@ class Method(nn.Module):
         """Cross-entropy on the labels, computed in fp32 even under autocast."""
         return F.cross_entropy(logits.float(), labels, label_smoothing=self.params.label_smoothing)
 
+    def require_teacher(self) -> nn.Module:
+        """The frozen teacher, for code that reads it; a clear error when the method was built without one."""
+        if self.teacher is None:
+            raise ConfigError(f"method {type(self).__name__.lower()!r} needs a teacher (teacher=CHECKPOINT)")
+        return self.teacher
+
+    def built(self, module: ModuleT | None) -> ModuleT:
+        """``module`` as created by :meth:`build`; a clear error when :meth:`prepare` has not run yet."""
+        if module is None:
+            raise RuntimeError(f"{type(self).__name__}: call method.prepare(images) before training")
+        return module
+
     def shared_pass(self) -> "SharedPass":
         if self._shared_pass is None:  # hooks are registered on first use, after a composite has its parts
             self._shared_pass = SharedPass(self)
@@ -211,7 +237,7 @@ class SharedPass:
         self.method = method
         self.student_hooks = FeatureHooks(method.student, method.student_layers())
         t_layers = method.teacher_layers()
-        self.teacher_hooks = FeatureHooks(method.teacher, t_layers) if t_layers else None
+        self.teacher_hooks = FeatureHooks(method.require_teacher(), t_layers) if t_layers else None
 
     def run(self, batch: Batch) -> Context:
         m = self.method
@@ -220,7 +246,7 @@ class SharedPass:
         ctx = Context(batch=batch, logits=logits, features=feats)
         if self.teacher_hooks is not None:  # the teacher runs anyway for its features: its live logits come free
             with torch.no_grad(), self.teacher_hooks.capture() as t_feats:
-                ctx.teacher_logits = m.teacher(batch.images).float()
+                ctx.teacher_logits = m.require_teacher()(batch.images).float()
             ctx.teacher_features = t_feats
         elif m.reads_teacher_logits():
             ctx.teacher_logits = self.teacher_logits(batch)
@@ -231,9 +257,7 @@ class SharedPass:
         """The teacher's logits for the batch: the given ones when the batch carries them, else a forward pass."""
         if batch.teacher_logits is not None:
             return batch.teacher_logits.float()
-        teacher = self.method.teacher
-        assert teacher is not None
-        return teacher(batch.images).float()
+        return self.method.require_teacher()(batch.images).float()
 
     @torch.no_grad()
     def probe(self, images: Tensor) -> Context:

@@ -67,6 +67,7 @@ class BYOTParams(BaseParams):
 @METHODS.register("byot")
 class BYOT(Method):
     Params = BYOTParams
+    params: BYOTParams
     needs_teacher = False
     needs_prepare = True
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Setup, check_param
+from kdlab.methods.base import Context, Setup, check_param
 from kdlab.methods.fp32 import fp32
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -36,7 +36,7 @@ def cc_loss(student_embedding: Tensor, teacher_embedding: Tensor) -> Tensor:
 
 
 @dataclass
-class CCParams(BaseParams):
+class CCParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: the classifier's input (the embedding)
     teacher_layers: list[str] = field(default_factory=list)  # default: the teacher classifier's input
     feat_weight: float = 0.02  # (RepDistiller's -b)
@@ -46,6 +46,7 @@ class CCParams(BaseParams):
 @METHODS.register("cc")
 class CC(PairedMethod):
     Params = CCParams
+    params: CCParams
     layer_default = "embedding"
     needs_prepare = True
 

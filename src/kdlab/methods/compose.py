@@ -34,7 +34,7 @@ class CompositeParams(BaseParams):
     """The composite's own keys; one section per part (``kd: {T: 4, weight: 1.0}``) is added by composite_params_cls."""
 
     ce_weight: Optional[float] = None  # None: the smallest of the parts' own CE weights
-    part_classes: ClassVar[dict[str, type]] = {}
+    part_classes: ClassVar[dict[str, type[Method]]] = {}
 
 
 def composite_params_cls(parts: dict[str, type[Method]]) -> type[CompositeParams]:
@@ -45,7 +45,8 @@ def composite_params_cls(parts: dict[str, type[Method]]) -> type[CompositeParams
             raise ConfigError(f"method {name!r} cannot be combined with others (it does not use a shared forward pass)")
         section = dataclasses.make_dataclass(f"{cls.__name__}PartParams", [("weight", float, 1.0)], bases=(cls.Params,))
         fields.append((name, section, field(default_factory=section)))
-    params_cls = dataclasses.make_dataclass("CompositeParams_" + "_".join(parts), fields, bases=(CompositeParams,))
+    params_cls: type[CompositeParams] = dataclasses.make_dataclass(
+        "CompositeParams_" + "_".join(parts), fields, bases=(CompositeParams,))
     params_cls.part_classes = dict(parts)
     return params_cls
 
@@ -54,6 +55,7 @@ class Composite(Method):
     """Several methods sharing one forward pass; built by the factory from a name like ``kd+fitnets``."""
 
     Params = CompositeParams
+    params: CompositeParams
     needs_teacher = False  # checked per part below
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, params: CompositeParams) -> None:
@@ -109,8 +111,13 @@ class Composite(Method):
         out: dict[str, Tensor] = {}
         for name, part in self.parts.items():
             for key, value in part.losses(ctx).items():
-                out[key if key not in out else f"loss_{name}_{key[len('loss_'):]}"] = part.params.weight * value
+                out[key if key not in out else f"loss_{name}_{key[len('loss_'):]}"] = self.part_weight(name) * value
         return out
+
+    def part_weight(self, name: str) -> float:
+        """The weight of part ``name`` in the sum (its section's ``weight`` key)."""
+        weight: float = getattr(self.params, name).weight
+        return weight
 
     def replace_teacher(self, teacher: nn.Module) -> None:
         super().replace_teacher(teacher)

@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Setup, check_param
+from kdlab.methods.base import Context, Setup, check_param
 from kdlab.methods.fp32 import fp32
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 EPS = 1e-7
@@ -136,6 +136,11 @@ def momentum_update(bank: Tensor, index: Tensor, values: Tensor, momentum: float
 class CRDHead(nn.Module):
     """The two linear embeddings (trained) and the two memory banks and Z (buffers, saved in checkpoints)."""
 
+    bank_student: Tensor
+    bank_teacher: Tensor
+    z: Tensor
+    row_labels: Tensor
+
     def __init__(self, dim_student: int, dim_teacher: int, feat_dim: int, num_samples: int) -> None:
         super().__init__()
         self.embed_student = nn.Linear(dim_student, feat_dim)
@@ -153,7 +158,7 @@ class CRDHead(nn.Module):
 
 
 @dataclass
-class CRDParams(BaseParams):
+class CRDParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: the classifier's input (the embedding)
     teacher_layers: list[str] = field(default_factory=list)  # default: the teacher classifier's input
     feat_weight: float = 0.8  # (mdistiller's CRD.LOSS.FEAT_WEIGHT, RepDistiller's -b)
@@ -167,6 +172,7 @@ class CRDParams(BaseParams):
 @METHODS.register("crd")
 class CRD(PairedMethod):
     Params = CRDParams
+    params: CRDParams
     layer_default = "embedding"
     needs_prepare = True
 
@@ -198,7 +204,7 @@ class CRD(PairedMethod):
         if index is None:
             raise ValueError("crd needs each image's position in the training split (batch.index) to find its "
                              "memory-bank row; this batch has index=None")
-        p, head = self.params, self.head
+        p, head = self.params, self.built(self.head)
         [(f_s, f_t)] = self.feature_pairs(ctx)
         v_s, v_t = head.embed(f_s, f_t)
         num_samples = head.bank_student.shape[0]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,12 +37,12 @@ class GradientReversal(torch.autograd.Function):
     """Identity forward; the backward multiplies the gradient by −lam."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, lam: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: Tensor, lam: float) -> Tensor:  # type: ignore[override]
         ctx.lam = lam
         return x.clone()
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
         return -ctx.lam * grad, None
 
 
@@ -76,6 +77,7 @@ class CTKDParams(BaseParams):
 @METHODS.register("ctkd")
 class CTKD(Method):
     Params = CTKDParams
+    params: CTKDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: CTKDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -102,4 +104,4 @@ class CTKD(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         T = self.temperature(self.reversal).float()
-        return {"loss_kd": self.params.alpha * kd_loss(ctx.logits, ctx.teacher_logits, T)}
+        return {"loss_kd": self.params.alpha * kd_loss(ctx.logits, ctx.require_teacher_logits(), T)}

@@ -54,6 +54,7 @@ class DeiTParams(BaseParams):
 @METHODS.register("deit")
 class DeiT(Method):
     Params = DeiTParams
+    params: DeiTParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DeiTParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -80,8 +81,8 @@ class DeiT(Method):
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
         z_cls, z_dist = ctx.features[p.cls_head], ctx.features[p.dist_head]
-        out = {"loss_deit": p.alpha * deit_distill_loss(z_dist, ctx.teacher_logits, p.distillation_type, p.tau,
-                                                         p.soft_reduction)}
+        z_t = ctx.require_teacher_logits()
+        out = {"loss_deit": p.alpha * deit_distill_loss(z_dist, z_t, p.distillation_type, p.tau, p.soft_reduction)}
         if p.alpha < 1:
             out["loss_ce"] = (1 - p.alpha) * self.hard_loss(z_cls, ctx.labels)
         return out

@@ -56,6 +56,7 @@ class DISTParams(BaseParams):
 @METHODS.register("dist")
 class DIST(Method):
     Params = DISTParams
+    params: DISTParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DISTParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -66,6 +67,6 @@ class DIST(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, p.logit_standardization)
+        z_s, z_t = prepare_logits(ctx.logits, ctx.require_teacher_logits(), p.logit_standardization)
         inter, intra = dist_loss(z_s, z_t, p.beta, p.gamma, p.tau)
         return {"loss_dist_inter": inter, "loss_dist_intra": intra}

@@ -83,6 +83,7 @@ class DKDParams(BaseParams):
 @METHODS.register("dkd")
 class DKD(Method):
     Params = DKDParams
+    params: DKDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DKDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -99,5 +100,5 @@ class DKD(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, p.logit_standardization)
+        z_s, z_t = prepare_logits(ctx.logits, ctx.require_teacher_logits(), p.logit_standardization)
         return {"loss_dkd": self.kd_scale * dkd_loss(z_s, z_t, ctx.labels, p.alpha, p.beta, p.T)}

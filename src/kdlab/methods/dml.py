@@ -42,8 +42,9 @@ def reinitialized_copy(model: nn.Module, seed: int) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         for module in clone.modules():
-            if callable(getattr(module, "reset_parameters", None)):
-                module.reset_parameters()
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
     return clone
 
 
@@ -56,6 +57,7 @@ class DMLParams(BaseParams):
 @METHODS.register("dml")
 class DML(Method):
     Params = DMLParams
+    params: DMLParams
     needs_teacher = False
     composable = False  # each student runs its own forward pass
 

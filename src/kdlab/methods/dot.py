@@ -39,6 +39,7 @@ class DOTParams(KDParams):
 @METHODS.register("dot")
 class DOT(KD):
     Params = DOTParams
+    params: DOTParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: DOTParams | None = None) -> None:
         super().__init__(student, teacher, params)

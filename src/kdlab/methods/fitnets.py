@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param
+from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param, loss_sum
 from kdlab.methods.hooks import check_map, match_spatial, resolve_layers
 from kdlab.methods.registry import METHODS
 
@@ -51,6 +51,7 @@ class FitNetsParams(BaseParams):
 @METHODS.register("fitnets")
 class FitNets(Method):
     Params = FitNetsParams
+    params: FitNetsParams
     needs_prepare = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
@@ -58,7 +59,7 @@ class FitNets(Method):
         super().__init__(student, teacher, params)
         p = self.params
         self.s_layers = resolve_layers(student, p.student_layers, "method.student_layers")
-        self.t_layers = resolve_layers(teacher, p.teacher_layers, "method.teacher_layers")
+        self.t_layers = resolve_layers(self.require_teacher(), p.teacher_layers, "method.teacher_layers")
         if not p.student_layers:
             self.s_layers = middle(self.s_layers)
         if not p.teacher_layers:
@@ -87,5 +88,5 @@ class FitNets(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         pairs = zip(self.regressors, self.s_layers, self.t_layers)
-        hint = sum(hint_loss(r(ctx.features[s]), ctx.teacher_features[t]) for r, s, t in pairs)
+        hint = loss_sum(hint_loss(r(ctx.features[s]), ctx.teacher_features[t]) for r, s, t in pairs)
         return {"loss_hint": self.params.hint_weight * hint}

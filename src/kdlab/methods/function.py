@@ -31,6 +31,7 @@ class FunctionParams(BaseParams):
 
 class FunctionMethod(Method):
     Params = FunctionParams
+    params: FunctionParams
     fn: ClassVar[Callable[..., Tensor | dict]]
 
     def reads_teacher_logits(self) -> bool:

@@ -44,6 +44,7 @@ class KDParams(BaseParams):
 @METHODS.register("kd")
 class KD(Method):
     Params = KDParams
+    params: KDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: KDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -58,5 +59,5 @@ class KD(Method):
         return 1.0 - self.params.alpha
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        z_s, z_t = prepare_logits(ctx.logits, ctx.teacher_logits, self.params.logit_standardization)
+        z_s, z_t = prepare_logits(ctx.logits, ctx.require_teacher_logits(), self.params.logit_standardization)
         return {"loss_kd": self.params.alpha * kd_loss(z_s, z_t, self.params.T)}

@@ -36,6 +36,7 @@ class KDFeaturesParams(BaseParams):
 @METHODS.register("kd_features")
 class KDFeatures(Method):
     Params = KDFeaturesParams
+    params: KDFeaturesParams
     needs_prepare = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
@@ -45,7 +46,8 @@ class KDFeatures(Method):
         check_param(p.T > 0, "T", f"must be > 0, got {p.T}")
         check_param(0.0 <= p.alpha <= 1.0, "alpha", f"must be in [0, 1], got {p.alpha}")
         self.s_layer = resolve_layers(student, [p.student_layer] if p.student_layer else [], "method.student_layer")[-1]
-        self.t_layer = resolve_layers(teacher, [p.teacher_layer] if p.teacher_layer else [], "method.teacher_layer")[-1]
+        t_names = [p.teacher_layer] if p.teacher_layer else []
+        self.t_layer = resolve_layers(self.require_teacher(), t_names, "method.teacher_layer")[-1]
         self.adapter: nn.Module | None = None
 
     def student_layers(self) -> list[str]:
@@ -72,5 +74,6 @@ class KDFeatures(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        feat = hint_loss(self.adapter(ctx.features[self.s_layer]), ctx.teacher_features[self.t_layer])
-        return {"loss_kd": p.alpha * kd_loss(ctx.logits, ctx.teacher_logits, p.T), "loss_feat": p.feat_weight * feat}
+        feat = hint_loss(self.built(self.adapter)(ctx.features[self.s_layer]), ctx.teacher_features[self.t_layer])
+        kd = kd_loss(ctx.logits, ctx.require_teacher_logits(), p.T)
+        return {"loss_kd": p.alpha * kd, "loss_feat": p.feat_weight * feat}

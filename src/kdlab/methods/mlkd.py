@@ -90,6 +90,7 @@ class MLKDParams(BaseParams):
 @METHODS.register("mlkd")
 class MLKD(Method):
     Params = MLKDParams
+    params: MLKDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: MLKDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -106,6 +107,6 @@ class MLKD(Method):
         return self.params.ce_weight
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        p = self.params
-        terms = mlkd_loss(ctx.logits, ctx.teacher_logits, list(p.temperatures), p.kd_weight, p.logit_standardization)
+        p, z_t = self.params, ctx.require_teacher_logits()
+        terms = mlkd_loss(ctx.logits, z_t, list(p.temperatures), p.kd_weight, p.logit_standardization)
         return {f"loss_mlkd_{name}": value for name, value in terms.items()}

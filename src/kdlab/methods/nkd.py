@@ -51,6 +51,7 @@ class NKDParams(BaseParams):
 @METHODS.register("nkd")
 class NKD(Method):
     Params = NKDParams
+    params: NKDParams
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: NKDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -62,4 +63,4 @@ class NKD(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        return {"loss_nkd": nkd_loss(ctx.logits, ctx.teacher_logits, ctx.labels, p.temp, p.gamma)}
+        return {"loss_nkd": nkd_loss(ctx.logits, ctx.require_teacher_logits(), ctx.labels, p.temp, p.gamma)}

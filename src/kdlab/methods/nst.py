@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Setup, check_param
+from kdlab.methods.base import Context, Setup, check_param, loss_sum
 from kdlab.methods.fp32 import fp32
 from kdlab.methods.hooks import check_map, match_spatial
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -45,7 +45,7 @@ def nst_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
 
 
 @dataclass
-class NSTParams(BaseParams):
+class NSTParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: all of the student's stage_names
     teacher_layers: list[str] = field(default_factory=list)  # default: all of the teacher's stage_names
     feat_weight: float = 50.0  # (mdistiller's NST.LOSS.FEAT_WEIGHT, RepDistiller's -b)
@@ -54,6 +54,7 @@ class NSTParams(BaseParams):
 @METHODS.register("nst")
 class NST(PairedMethod):
     Params = NSTParams
+    params: NSTParams
     layer_default = "stages"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: NSTParams | None = None) -> None:
@@ -66,5 +67,5 @@ class NST(PairedMethod):
             check_map(t, setup.probe.teacher_features[t])
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        total = sum(nst_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))
+        total = loss_sum(nst_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))
         return {"loss_nst": self.params.feat_weight * total}

@@ -32,7 +32,7 @@ from typing import Literal
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param
+from kdlab.methods.base import BaseParams, Context, Method, Setup, check_param, loss_sum
 from kdlab.methods.hooks import resolve_layers
 from kdlab.methods.registry import METHODS
 
@@ -103,6 +103,7 @@ class OFAParams(BaseParams):
 @METHODS.register("ofa")
 class OFA(Method):
     Params = OFAParams
+    params: OFAParams
     needs_prepare = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: OFAParams | None = None) -> None:
@@ -123,7 +124,6 @@ class OFA(Method):
         return True
 
     def build(self, setup: Setup) -> None:
-        assert setup.probe is not None
         feats, k, n = setup.probe.features, setup.num_classes, len(self.stages)
         last = feats[self.stages[-1]]
         width = last.shape[1] if last.dim() == 4 else last.shape[-1]
@@ -142,8 +142,8 @@ class OFA(Method):
         return [self.branches]
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        p, z_t = self.params, ctx.teacher_logits
+        p, z_t = self.params, ctx.require_teacher_logits()
         branch_losses = [ofa_loss(self.branches[str(i)](ctx.features[name]), z_t, ctx.labels, self.eps[i],
                                   p.temperature) for i, name in enumerate(self.stages)]
-        return {"loss_ofa": p.ofa_weight * sum(branch_losses),
+        return {"loss_ofa": p.ofa_weight * loss_sum(branch_losses),
                 "loss_kd": p.kd_weight * ofa_loss(ctx.logits, z_t, ctx.labels, self.eps[-1], p.temperature)}

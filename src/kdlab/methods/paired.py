@@ -9,6 +9,7 @@ forward hooks on dotted module names.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import Tensor, nn
@@ -17,12 +18,23 @@ from kdlab.methods.base import BaseParams, Context, Method
 from kdlab.methods.hooks import layer_pairs
 
 
+@dataclass
+class PairedParams(BaseParams):
+    """The keys every paired method has (its own Params repeat them with their defaults documented)."""
+
+    student_layers: list[str] = field(default_factory=list)  # default: the method's ``layer_default``
+    teacher_layers: list[str] = field(default_factory=list)
+
+
 class PairedMethod(Method):
+    Params = PairedParams
+    params: PairedParams
     layer_default: ClassVar[str] = "stages"  # "stages", "last" or "embedding"
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: BaseParams | None = None) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
+                 params: PairedParams | None = None) -> None:
         super().__init__(student, teacher, params)
-        self.s_layers, self.t_layers = self.resolve_pairs(student, teacher)
+        self.s_layers, self.t_layers = self.resolve_pairs(student, self.require_teacher())
 
     def resolve_pairs(self, student: nn.Module, teacher: nn.Module) -> tuple[list[str], list[str]]:
         """The student and teacher layers read in pairs (from the params, else ``layer_default``)."""

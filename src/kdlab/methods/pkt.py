@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, check_param
+from kdlab.methods.base import Context, check_param, loss_sum
 from kdlab.methods.fp32 import fp32
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -44,7 +44,7 @@ def pkt_loss(student_feature: Tensor, teacher_feature: Tensor, eps: float = 1e-7
 
 
 @dataclass
-class PKTParams(BaseParams):
+class PKTParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: the classifier's input (the embedding)
     teacher_layers: list[str] = field(default_factory=list)  # default: the teacher classifier's input
     feat_weight: float = 30000.0  # (mdistiller's PKT.LOSS.FEAT_WEIGHT, RepDistiller's -b)
@@ -53,6 +53,7 @@ class PKTParams(BaseParams):
 @METHODS.register("pkt")
 class PKT(PairedMethod):
     Params = PKTParams
+    params: PKTParams
     layer_default = "embedding"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: PKTParams | None = None) -> None:
@@ -60,4 +61,5 @@ class PKT(PairedMethod):
         check_param(self.params.feat_weight >= 0, "feat_weight", f"must be >= 0, got {self.params.feat_weight}")
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        return {"loss_pkt": self.params.feat_weight * sum(pkt_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))}
+        total = loss_sum(pkt_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))
+        return {"loss_pkt": self.params.feat_weight * total}

@@ -33,10 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Setup, check_param
+from kdlab.methods.base import Context, Setup, check_param
 from kdlab.methods.fp32 import fp32
 from kdlab.methods.hooks import as_map, check_map, embedding_layers, pair_deepest, resolve_layers
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -63,15 +63,17 @@ class ABF(nn.Module):
 
     def __init__(self, c_in: int, c_mid: int, c_out: int, fuse: bool) -> None:
         super().__init__()
-        self.conv1 = nn.Sequential(nn.Conv2d(c_in, c_mid, 1, bias=False), nn.BatchNorm2d(c_mid))
-        self.conv2 = nn.Sequential(nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
+        conv1, conv2 = nn.Conv2d(c_in, c_mid, 1, bias=False), nn.Conv2d(c_mid, c_out, 3, padding=1, bias=False)
+        self.conv1 = nn.Sequential(conv1, nn.BatchNorm2d(c_mid))
+        self.conv2 = nn.Sequential(conv2, nn.BatchNorm2d(c_out))
         self.att = nn.Sequential(nn.Conv2d(2 * c_mid, 2, 1), nn.Sigmoid()) if fuse else None
-        nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(conv1.weight, a=1)
+        nn.init.kaiming_uniform_(conv2.weight, a=1)
 
     def forward(self, x: Tensor, residual: Tensor | None, out_size: tuple[int, int]) -> tuple[Tensor, Tensor]:
         x = self.conv1(x)
         if self.att is not None:
+            assert residual is not None, "a fusing ABF runs after the deeper level"
             residual = F.interpolate(residual, size=tuple(x.shape[-2:]), mode="nearest")
             a = self.att(torch.cat([x, residual], dim=1))
             x = x * a[:, :1] + residual * a[:, 1:2]
@@ -98,7 +100,7 @@ class Review(nn.Module):
 
 
 @dataclass
-class ReviewKDParams(BaseParams):
+class ReviewKDParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # levels, shallow to deep; default: stages + embedding
     teacher_layers: list[str] = field(default_factory=list)  # levels, shallow to deep; default: stages + embedding
     feat_weight: float = 1.0  # (mdistiller's REVIEWKD_WEIGHT, the authors' --kd-loss-weight)
@@ -110,6 +112,7 @@ class ReviewKDParams(BaseParams):
 @METHODS.register("reviewkd")
 class ReviewKD(PairedMethod):
     Params = ReviewKDParams
+    params: ReviewKDParams
     needs_prepare = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None,
@@ -152,6 +155,6 @@ class ReviewKD(PairedMethod):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         f_t = [as_map(ctx.teacher_features[t]) for t in self.t_layers]
-        outputs = self.review([as_map(ctx.features[s]) for s in self.s_layers], [f.shape[-2:] for f in f_t])
+        outputs = self.built(self.review)([as_map(ctx.features[s]) for s in self.s_layers], [f.shape[-2:] for f in f_t])
         loss = hcl_loss(outputs, f_t, tuple(self.params.levels))
         return {"loss_reviewkd": self.params.feat_weight * self.loss_scale * loss}

@@ -24,9 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, check_param
+from kdlab.methods.base import Context, check_param, loss_sum
 from kdlab.methods.fp32 import fp32
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -57,7 +57,7 @@ def rkd_loss(student_feature: Tensor, teacher_feature: Tensor, eps: float = 1e-1
 
 
 @dataclass
-class RKDParams(BaseParams):
+class RKDParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: the classifier's input (the embedding)
     teacher_layers: list[str] = field(default_factory=list)  # default: the teacher classifier's input
     distance_weight: float = 25.0  # w_d
@@ -67,6 +67,7 @@ class RKDParams(BaseParams):
 @METHODS.register("rkd")
 class RKD(PairedMethod):
     Params = RKDParams
+    params: RKDParams
     layer_default = "embedding"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: RKDParams | None = None) -> None:
@@ -78,5 +79,5 @@ class RKD(PairedMethod):
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         terms = [rkd_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx)]
         p = self.params
-        return {"loss_rkd_distance": p.distance_weight * sum(d for d, _ in terms),
-                "loss_rkd_angle": p.angle_weight * sum(a for _, a in terms)}
+        return {"loss_rkd_distance": p.distance_weight * loss_sum(d for d, _ in terms),
+                "loss_rkd_angle": p.angle_weight * loss_sum(a for _, a in terms)}

@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, check_param
+from kdlab.methods.base import Context, check_param, loss_sum
 from kdlab.methods.fp32 import fp32
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -42,7 +42,7 @@ def sp_loss(student_feature: Tensor, teacher_feature: Tensor) -> Tensor:
 
 
 @dataclass
-class SPParams(BaseParams):
+class SPParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: the student's last stage
     teacher_layers: list[str] = field(default_factory=list)  # default: the teacher's last stage
     feat_weight: float = 3000.0  # (mdistiller's SP.LOSS.FEAT_WEIGHT, RepDistiller's -b)
@@ -51,6 +51,7 @@ class SPParams(BaseParams):
 @METHODS.register("sp")
 class SP(PairedMethod):
     Params = SPParams
+    params: SPParams
     layer_default = "last"
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: SPParams | None = None) -> None:
@@ -58,4 +59,5 @@ class SP(PairedMethod):
         check_param(self.params.feat_weight >= 0, "feat_weight", f"must be >= 0, got {self.params.feat_weight}")
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
-        return {"loss_sp": self.params.feat_weight * sum(sp_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))}
+        total = loss_sum(sp_loss(f_s, f_t) for f_s, f_t in self.feature_pairs(ctx))
+        return {"loss_sp": self.params.feat_weight * total}

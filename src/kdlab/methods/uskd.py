@@ -85,6 +85,7 @@ class USKDParams(BaseParams):
 @METHODS.register("uskd")
 class USKD(Method):
     Params = USKDParams
+    params: USKDParams
     needs_teacher = False
     needs_prepare = True
 
@@ -102,7 +103,6 @@ class USKD(Method):
         return [self.layer]
 
     def build(self, setup: Setup) -> None:
-        assert setup.probe is not None
         channels = pooled(setup.probe.features[self.layer]).shape[1]
         self.weak.append(nn.Linear(channels, setup.num_classes))
 

@@ -26,10 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlab.methods.base import BaseParams, Context, Setup, check_param
+from kdlab.methods.base import Context, Setup, check_param
 from kdlab.methods.fp32 import fp32
 from kdlab.methods.hooks import check_map, match_spatial
-from kdlab.methods.paired import PairedMethod
+from kdlab.methods.paired import PairedMethod, PairedParams
 from kdlab.methods.registry import METHODS
 
 
@@ -61,7 +61,7 @@ class VIDHead(nn.Module):
 
 
 @dataclass
-class VIDParams(BaseParams):
+class VIDParams(PairedParams):
     student_layers: list[str] = field(default_factory=list)  # default: all of the student's stage_names
     teacher_layers: list[str] = field(default_factory=list)  # default: all of the teacher's stage_names
     feat_weight: float = 1.0  # (mdistiller's VID.LOSS.FEAT_WEIGHT, RepDistiller's -b)
@@ -72,6 +72,7 @@ class VIDParams(BaseParams):
 @METHODS.register("vid")
 class VID(PairedMethod):
     Params = VIDParams
+    params: VIDParams
     layer_default = "stages"
     needs_prepare = True
 

@@ -88,6 +88,8 @@ class WKDParams(BaseParams):
 @METHODS.register("wkd")
 class WKD(Method):
     Params = WKDParams
+    params: WKDParams
+    cost: Tensor  # a buffer: the classes' ground cost from the teacher's classifier
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None, params: WKDParams | None = None) -> None:
         super().__init__(student, teacher, params)
@@ -97,16 +99,17 @@ class WKD(Method):
         check_param(0 <= p.decay_from <= 1, "decay_from", f"must be in [0, 1], got {p.decay_from}")
         check_param(p.sinkhorn_lambda > 0, "sinkhorn_lambda", f"must be > 0, got {p.sinkhorn_lambda}")
         check_param(p.sinkhorn_iters >= 1, "sinkhorn_iters", f"must be >= 1, got {p.sinkhorn_iters}")
-        assert self.teacher is not None
-        name = p.classifier or classifier_name(self.teacher, "method.classifier")
+        teacher = self.require_teacher()
+        name = p.classifier or classifier_name(teacher, "method.classifier")
         try:
-            layer = self.teacher.get_submodule(name)
+            layer = teacher.get_submodule(name)
         except AttributeError:
             raise ConfigError(f"config key 'method.classifier': the teacher has no module {name!r}") from None
-        if not isinstance(getattr(layer, "weight", None), Tensor) or layer.weight.dim() != 2:
+        weight = getattr(layer, "weight", None)
+        if not isinstance(weight, Tensor) or weight.dim() != 2:
             raise ConfigError(f"config key 'method.classifier': {name!r} has no K×D weight")
         # derived from the frozen teacher at every build: not saved (persistent=False), identical on resume
-        self.register_buffer("cost", classifier_cost(layer.weight, p.sharpen), persistent=False)
+        self.register_buffer("cost", classifier_cost(weight, p.sharpen), persistent=False)
         self.scale = 1.0
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -119,6 +122,6 @@ class WKD(Method):
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
         p = self.params
-        loss = wkd_loss(ctx.logits, ctx.teacher_logits, ctx.labels, self.cost, p.T, self.scale * p.weight,
+        loss = wkd_loss(ctx.logits, ctx.require_teacher_logits(), ctx.labels, self.cost, p.T, self.scale * p.weight,
                         p.sinkhorn_lambda, p.sinkhorn_iters)
         return {"loss_wkd": loss}
