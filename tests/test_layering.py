@@ -160,6 +160,33 @@ def test_no_import_circle():
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
 
 
+def test_imports_inside_functions_say_why():
+    """An import inside a function (to keep start-up fast, or for an optional package) has a comment saying why, on
+    its line or above its block of imports."""
+    bad = []
+    for path in sources():
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Import, ast.ImportFrom)) and not _explained(lines, inner.lineno - 1):
+                    bad.append(f"{path.relative_to(PACKAGE)}:{inner.lineno}: {lines[inner.lineno - 1].strip()}")
+    assert not bad, "imports inside functions without a reason:\n" + "\n".join(sorted(set(bad)))
+
+
+def _explained(lines: list[str], index: int) -> bool:
+    if "#" in lines[index]:
+        return True
+    above = index - 1
+    while above >= 0 and lines[above].strip().startswith(("from ", "import ", ")")) or (
+            above >= 0 and lines[above].startswith(" ") and lines[above].strip().endswith((",", "("))):
+        if "#" in lines[above]:
+            return True
+        above -= 1
+    return above >= 0 and lines[above].strip().startswith("#")
+
+
 def test_a_folder_named_kdlab_beside_a_script_does_not_shadow_the_package(tmp_path):
     (tmp_path / "kdlab").mkdir()
     (tmp_path / "kdlab" / "notes.txt").write_text("a user's own folder, not the package")

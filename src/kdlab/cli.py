@@ -39,12 +39,14 @@ def _train_config(args: argparse.Namespace, aliases: dict[str, str] | None = Non
 
 
 def cmd_train(args: argparse.Namespace) -> dict:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.runs.train import run
 
     return run(_train_config(args))
 
 
 def cmd_distill(args: argparse.Namespace) -> dict:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.runs.train import run
 
     cfg = _train_config(args, aliases={"student": "model"})
@@ -54,6 +56,7 @@ def cmd_distill(args: argparse.Namespace) -> dict:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.runs.evaluate import evaluate_checkpoint
 
     import_modules(args.imports)
@@ -71,6 +74,7 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
 
 def cmd_export(args: argparse.Namespace) -> dict:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.export import export
 
     import_modules(args.imports)
@@ -79,6 +83,7 @@ def cmd_export(args: argparse.Namespace) -> dict:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.data import DATASETS
     from kdlab.methods import METHODS
     from kdlab.models import MODELS
@@ -90,14 +95,17 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> dict:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.experiments.config import load_experiment_file
 
     path, overrides = split_args(args.settings)
     exp = load_experiment_file(path, overrides)
     if exp.executor == "local" and (exp.workers or 1) > 1:
+        # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
         from kdlab.scale.forkserver import start_worker_server
 
         start_worker_server()  # the workers' imports (torch) run while this process imports its own
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.experiments.runner import named_modules
     from kdlab.scale import run_experiment  # torch: after the fork server has started
 
@@ -123,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> dict:
 def _serve_live(directory: Path, port: int):
     """``kdlab run --serve``: the experiment's live page (refreshed by the runner after each run) on 127.0.0.1 while
     the experiment runs; the report replaces it at the end. Returns the server (``shutdown()`` stops it)."""
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.report.live import serve, write_live
 
     write_live(directory)
@@ -141,8 +150,10 @@ def cmd_report(args: argparse.Namespace) -> dict:
 def _serve_report(directory: Path, device: str, port: int, imports: Sequence[str] = ()) -> dict:
     """Serve the report folder on 127.0.0.1 until Ctrl-C: the report when every run is over, else the live page
     (refreshed here every few seconds), then the report once the last run ends."""
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     import time
 
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.report.live import experiment_status, finished, serve, write_live
 
     over = finished(experiment_status(directory)[1])
@@ -167,6 +178,7 @@ def _serve_report(directory: Path, device: str, port: int, imports: Sequence[str
 
 
 def _report(directory: Path, device: str, imports: Sequence[str] = ()) -> Path:
+    # lazy: the CLI starts without torch (kdlab run's fork server imports it first)
     from kdlab.engine.device import resolve_device
     from kdlab.report import build_report
 

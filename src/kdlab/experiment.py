@@ -144,6 +144,7 @@ class Report:
     @property
     def table(self) -> Any:
         """The rows as a pandas DataFrame (needs pandas)."""
+        # optional package: only this property needs it
         import pandas as pd
 
         return pd.DataFrame(self.rows)

@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import types
 from pathlib import Path
 from typing import Optional, Sequence
@@ -32,12 +33,15 @@ import torch
 
 import kdlab
 from kdlab import files
-from kdlab.errors import KdlabError
-from kdlab.rundir import EXPORT_RESULT
-from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, torch_predictor
+from kdlab.engine.device import resolve_device
+from kdlab.errors import FILE_SYSTEM_ERRORS, KdlabError
+from kdlab.export.card import write_card
+from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, onnx_predictor, torch_predictor
+from kdlab.export.quantize import CALIBRATION_IMAGES, INT8_MAX_DROP, calibration_pixels, check_int8, quantize_onnx
 from kdlab.export.source import Source, load_source
-from kdlab.export.verify import (VERIFY_IMAGES, agreement, check_fp32, evaluate_predictor, latencies, reference)
-from kdlab.export.quantize import CALIBRATION_IMAGES, INT8_MAX_DROP
+from kdlab.export.verify import VERIFY_IMAGES, agreement, check_fp32, evaluate_predictor, latencies, reference
+from kdlab.report.efficiency import count_parameters, flops_per_image
+from kdlab.rundir import EXPORT_RESULT, RunDir
 
 RESULT_FILE = EXPORT_RESULT
 __all__ = ["export", "export_run", "FORMATS", "RESULT_FILE", "RESULT_KEYS"]
@@ -82,7 +86,6 @@ def destination(source: Source, fmt: str, out: str | Path | None) -> Path:
     folder beside the run (``<run>/export/<format>``; ``<stem>-<format>`` for another weights file)."""
     filename = FORMATS[fmt].filename
     if out is None:
-        from kdlab.rundir import RunDir
 
         return RunDir(source.weights.parent).export_dir(fmt, source.weights.stem) / filename
     out = Path(out)
@@ -127,6 +130,7 @@ def _fp32(source: Source, fmt: str, path: Path, device: torch.device, verify_ima
     finally:
         unverified.unlink(missing_ok=True)
     if fmt == "onnx":
+        # optional package (the export extra): imported when exporting
         import onnxruntime
 
         runtime = f"onnxruntime {onnxruntime.__version__} CPU"
@@ -140,9 +144,6 @@ def _fp32(source: Source, fmt: str, path: Path, device: torch.device, verify_ima
 
 def _int8(source: Source, fp32: dict, fp32_logits, path: Path, threads: int, calibration_images: int,
           max_drop: float) -> dict:
-    from kdlab.export.formats import onnx_predictor
-    from kdlab.export.quantize import calibration_pixels, check_int8, quantize_onnx
-
     name = source.meta.get("model", "model")
     facts = quantize_onnx(Path(fp32["file"]), path, calibration_pixels(source, calibration_images), name)
     try:
@@ -176,7 +177,6 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     get_format(format)
     if int8 and format != "onnx":
         raise KdlabError(f"int8 quantization is for the onnx format (onnxruntime); got --format {format}")
-    from kdlab.engine.device import resolve_device
 
     device = resolve_device(device)
     src = load_source(source, imports, trust_code)
@@ -198,8 +198,6 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
         result.update(_int8(src, fp32, logits, int8_path, threads, calibration_images, int8_max_drop))
     else:
         int8_path.unlink(missing_ok=True)  # a stale one from an earlier --int8 export would contradict export.json
-    from kdlab.export.card import write_card
-    from kdlab.report.efficiency import count_parameters, flops_per_image
 
     result.update(params=count_parameters(src.model), flops_per_image=flops_per_image(src.model, src.input_shape))
     result.update(write_card(path.parent, src, result))
@@ -210,9 +208,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
 
 def _check_writable(folder: Path) -> None:
     """Create ``folder`` and write a scratch file there, or raise one line naming it (before any work is done)."""
-    import tempfile
 
-    from kdlab.errors import FILE_SYSTEM_ERRORS
 
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -260,8 +256,6 @@ def export_run(run_dir: str | Path, formats: Sequence[str] = ("onnx",), int8: bo
 
 
 def _cached(run_dir: str | Path, fmt: str, int8: bool) -> Optional[dict]:
-    from kdlab.rundir import RunDir
-
     run = RunDir(run_dir)
     path = run.export_dir(fmt) / RESULT_FILE
     try:

@@ -21,6 +21,8 @@
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import io
 import json
 import logging
@@ -93,8 +95,6 @@ def _pool_matrix(size_in: int, size_out: int) -> Tensor:
 def export_friendly(module: nn.Module, example: Tensor) -> nn.Module:
     """``module`` with each adaptive average pool whose output size does not divide its input replaced by
     :class:`MatmulAdaptivePool` (a copy when anything changes; the input size is fixed by ``example``)."""
-    import copy
-
     seen: dict[str, tuple[int, int]] = {}
 
     def record(name: str) -> Callable:
@@ -135,6 +135,7 @@ def _onnx_dynamo(module: nn.Module, example: Tensor):
 
 
 def _onnx_legacy(module: nn.Module, example: Tensor):
+    # optional package (the export extra): imported when exporting
     import onnx
 
     buffer = io.BytesIO()
@@ -146,6 +147,7 @@ def _onnx_legacy(module: nn.Module, example: Tensor):
 def write_onnx(module: nn.Module, example: Tensor, path: Path, metadata: dict[str, str],
                exporter: str = "auto") -> dict:
     """Export to ONNX (``exporter``: ``auto`` = dynamo, then legacy if dynamo cannot capture the model)."""
+    # optional package (the export extra): imported when exporting
     import onnx
 
     module = export_friendly(module, example)
@@ -176,6 +178,7 @@ def _opset(proto) -> int:
 
 
 def read_onnx_metadata(path: Path) -> dict[str, str]:
+    # optional package (the export extra): imported when exporting
     import onnx
 
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -183,6 +186,7 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
 
 def ort_session(path: Path, threads: int):
     """An onnxruntime CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
+    # optional package (the export extra): imported when exporting
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -268,7 +272,6 @@ def get_format(name: str) -> Format:
     if name not in FORMATS:
         raise KdlabError(f"unsupported export format {name!r}; choose one of: {', '.join(FORMATS)}")
     if name == "onnx":
-        import importlib.util
 
         missing = [m for m in ("onnx", "onnxruntime", "onnxscript") if importlib.util.find_spec(m) is None]
         if missing:

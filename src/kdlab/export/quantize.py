@@ -39,6 +39,7 @@ def calibration_pixels(source, images: int = CALIBRATION_IMAGES) -> np.ndarray:
 
 def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray, model_name: str, quant_format: str = QUANT_FORMAT) -> dict:
     """Write the int8 model of ``fp32`` to ``out``; a :class:`KdlabError` when onnxruntime cannot quantize it."""
+    # optional package (the export extra): imported when exporting
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -19,7 +19,9 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 
 from kdlab.config import DataConfig, from_dict
+from kdlab.data import load_splits, make_loader, normalization
 from kdlab.errors import CheckpointError, KdlabError
+from kdlab.models.saved import load_model
 from kdlab.rundir import RunDir
 
 
@@ -51,14 +53,10 @@ class Source:
 
     @cached_property
     def splits(self):
-        from kdlab.data import load_splits
-
         return load_splits(self.data)
 
     @cached_property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        from kdlab.data import normalization
-
         return normalization(self.splits.info, self.data.normalize)
 
     @cached_property
@@ -76,8 +74,6 @@ class Source:
         return Deployable(self.model, mean, std).eval()
 
     def _loader(self, split, pixels: bool, device: str | torch.device = "cpu"):
-        from kdlab.data import make_loader
-
         loader = make_loader(split, self.splits.info, self.data, train=False, device=torch.device(device))
         if pixels:  # the same views, left as pixels in [0, 1]: scale 1/255, no shift
             loader.plan = dataclasses.replace(loader.plan, scale=torch.full_like(loader.plan.scale, 1.0 / 255.0),
@@ -101,8 +97,6 @@ def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_c
 
     ``allowed_imports`` / ``trust_code``: the plug-in modules the file's metadata may import (see
     :func:`kdlab.models.saved.load_model`)."""
-    from kdlab.models.saved import load_model
-
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")

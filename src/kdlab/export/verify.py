@@ -17,6 +17,7 @@ import torch
 
 from kdlab.errors import KdlabError
 from kdlab.export.formats import Predictor
+from kdlab.report.calibration import expected_calibration_error
 
 FP32_RTOL = 1e-3
 VERIFY_IMAGES = 256
@@ -62,8 +63,6 @@ def check_fp32(predictor: Predictor, pixels: np.ndarray, ref: np.ndarray, what: 
 def evaluate_predictor(predictor: Predictor,
                        batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[dict, np.ndarray]:
     """top-1 (%), ECE (%) and the number of images of ``predictor`` over the test split, and its logits."""
-    from kdlab.report.calibration import expected_calibration_error
-
     logits, labels = [], []
     for x, y in batches:
         logits.append(predictor(np.ascontiguousarray(x.numpy())))

@@ -13,19 +13,20 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-
 from kdlab.engine.device import resolve_device
 from kdlab.expdir import MANIFEST_FILE, Manifest, ReportError
 from kdlab.plugins import check_trusted, import_modules
 from kdlab.report.browser import keep_first_screen
 from kdlab.report.calibration import ReliabilityBins, expected_calibration_error, reliability_bins
 from kdlab.report.collect import Collected, RunEval, TestData, collect, efficiency_by_label
-from kdlab.report.notebook import notebook_html
 from kdlab.report.efficiency import LATENCY_NOTE, count_parameters, flops_per_image, latency_ms
+from kdlab.report.html import GAINS_TITLE, write_html
+from kdlab.report.notebook import notebook_html
 from kdlab.report.scaling import scale_notes
 from kdlab.report.sweep import write_sweep
 from kdlab.report.table import (RowKey, build_rows, format_mean_std, group_runs, paired_gain, row_label, row_slug,
                                 run_record)
+from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
 
 __all__ = ["build_report", "expected_calibration_error", "reliability_bins", "ReliabilityBins", "paired_gain",
            "format_mean_std", "flops_per_image", "count_parameters", "latency_ms", "ReportError", "notebook_html"]
@@ -48,9 +49,6 @@ def build_report(exp_dir: str | Path, device: str = "cpu", log: Callable[[str], 
     manifest or a weights file names is imported only if it is among them, or with ``trust_code=True``.
     ``screenshot``: also keep ``first_screen.png``, the page's first 1,400 x 900 pixels, when Chromium is installed.
     """
-    from kdlab.report.write import SELECTION_NOTE, write_csv, write_markdown, write_results_json
-    from kdlab.report.html import write_html
-
     exp_dir = Path(exp_dir)
     manifest = Manifest.read(exp_dir)
     # importing a module this process has already imported runs nothing (the Python API's own objects' modules)
@@ -121,7 +119,7 @@ def _featured(rows: list[dict], groups: dict[RowKey, list[RunEval]]) -> list[Row
 
 
 def _figures(runs: list[RunEval], rows: list[dict], out: Path) -> tuple[dict[str, list[tuple[str, str]]], str | None]:
-    from kdlab.report.html import GAINS_TITLE
+    # matplotlib loads only when a report draws (workers and the live page import this package)
     from kdlab.report.figures import (accuracy_figure, confusion_figure, curves_figure, gains_figure,
                                       reliability_figure)
 

@@ -6,6 +6,7 @@ confusion matrix all come from running the saved weights on the test split again
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -15,16 +16,17 @@ import torch.nn.functional as F
 from safetensors import SafetensorError
 from torch import Tensor
 
+from kdlab import console
 from kdlab.config import DataConfig, from_dict
 from kdlab.data import BatchLoader, load_splits, make_loader
 from kdlab.engine.evaluate import classification_metrics, predict
-from kdlab import console
 from kdlab.errors import KdlabError
-from kdlab.report.calibration import ReliabilityBins, reliability_bins
-from kdlab.rundir import RunDir
-from kdlab.report.evalcache import CACHE_JSON, cache_key, read_cache, read_logits, write_cache
-from kdlab.models.saved import load_model
 from kdlab.expdir import ROLES, Manifest, PlannedRun
+from kdlab.models.saved import load_model
+from kdlab.report.calibration import ReliabilityBins, reliability_bins
+from kdlab.report.efficiency import LATENCY_NOTE, measure_many
+from kdlab.report.evalcache import CACHE_JSON, cache_key, read_cache, read_logits, write_cache
+from kdlab.rundir import RunDir
 
 Log = Callable[[str], None]
 ECE_BINS = 15
@@ -282,9 +284,7 @@ def deploy_metrics(spec: PlannedRun) -> dict:
 
 def efficiency_env() -> dict:
     """What a latency number depends on besides the weights: a change re-measures."""
-    import platform
 
-    from kdlab.report.efficiency import LATENCY_NOTE
 
     return {"torch": torch.__version__, "method": LATENCY_NOTE, "machine": platform.machine(),
             "processor": platform.processor()}
@@ -293,8 +293,6 @@ def efficiency_env() -> dict:
 def efficiency_by_label(runs: list[RunEval], data: TestData, log: Log) -> dict[tuple[str, str], dict]:
     """Efficiency of each (label, architecture), measured once on its lowest-seed run and cached in that run; the
     latencies of all that are measured now are taken in the same interleaved rounds."""
-    from kdlab.report.efficiency import measure_many
-
     out: dict[tuple[str, str], dict] = {}
     todo: dict[tuple[str, str], RunEval] = {}  # measured now, each on its lowest-seed run
     env = efficiency_env()

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from kdlab.console import log
 from kdlab.files import atomic_write, write_json
 
 CACHE_VERSION = 1
@@ -59,7 +60,6 @@ def read_cache(run_dir: Path, key: dict) -> dict | None:
     except (OSError, ValueError, SafetensorError):  # a torn or foreign file is just a cache miss
         return None
     if not isinstance(data, dict):
-        from kdlab.console import log
 
         log.warning(f"warning: {path} is malformed (not a mapping); ignoring it and evaluating the run again")
         return None

@@ -18,8 +18,8 @@ from html import escape
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from kdlab.files import write_text
 from kdlab.expdir import Manifest, PlannedRun
+from kdlab.files import write_text
 from kdlab.report.stats import format_p, paired_t_p
 from kdlab.report.table import format_mean_std, mean_std, paired_gain, row_key, row_label
 

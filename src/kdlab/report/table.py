@@ -13,8 +13,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from kdlab.report.collect import RunEval
 from kdlab.expdir import ROLES, PlannedRun, file_safe
+from kdlab.report.collect import RunEval
 from kdlab.report.stats import format_p, paired_t_p
 
 RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)

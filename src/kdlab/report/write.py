@@ -6,6 +6,7 @@ import csv
 import io
 import json
 from pathlib import Path
+
 from kdlab.files import json_safe
 from kdlab.report.summary import NOTE as SUMMARY_NOTE
 from kdlab.report.summary import summary_markdown, summary_rows

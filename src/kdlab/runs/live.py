@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import nn
 
+from kdlab.codeid import code_identity
 from kdlab.plugins import module_names, object_path, source_hashes
 
 
@@ -82,8 +83,6 @@ def state_hash(model: nn.Module) -> str:
 def object_hash(obj: Any, extra: str = "") -> str:
     """Identity of a Python object: the code behind its class or function (:func:`kdlab.codeid.code_identity`: its
     module's file, or in a notebook / ``__main__`` its own source and the local helpers it calls)."""
-    from kdlab.codeid import code_identity
-
     target = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
     digest = hashlib.sha256(f"{object_path(target)}|{extra}".encode())
     digest.update(code_identity(target).encode())

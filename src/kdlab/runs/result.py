@@ -47,6 +47,7 @@ class Run:
     def history_df(self) -> Any:
         """The history as a pandas DataFrame (needs pandas)."""
         try:
+            # optional package: only this property needs it
             import pandas as pd
         except ImportError:
             raise ImportError("history_df needs pandas (pip install pandas); history is a list of dicts") from None

@@ -14,12 +14,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
+import torch
+
 from kdlab.errors import ConfigError
+from kdlab.expdir import PlannedRun
+from kdlab.experiments.config import ExperimentConfig
 from kdlab.methods.base import Method
 from kdlab.methods.factory import method_class
-from kdlab.experiments.config import ExperimentConfig
 from kdlab.runs.live import Live
-from kdlab.expdir import PlannedRun
 
 
 @dataclass
@@ -123,8 +125,6 @@ class Slot:
 
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (or their indices)."""
-    import torch
-
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     listed = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     return listed[:count] if listed else [str(i) for i in range(count)]

@@ -29,6 +29,7 @@ class RayPool:
 
     def __init__(self, exp: ExperimentConfig, log: Callable[[str], None]) -> None:
         try:
+            # optional package (the ray extra): imported for executor=ray only
             import ray
         except ImportError:
             raise KdlabError("executor=ray needs Ray: pip install 'kdlab[ray]'") from None
