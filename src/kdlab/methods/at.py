@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlab.methods.base import BaseParams, Context, Method, check_param, loss_sum
-from kdlab.methods.hooks import match_spatial, pair_deepest, resolve_layers
+from kdlab.methods.hooks import check_map, match_spatial, pair_deepest, resolve_layers
 from kdlab.methods.registry import METHODS
 
 
@@ -63,6 +63,9 @@ class AT(Method):
         return self.t_layers
 
     def losses(self, ctx: Context) -> dict[str, Tensor]:
+        for s, t in zip(self.s_layers, self.t_layers):  # maps on both sides (a ViT's tokens are not: one line)
+            check_map(s, ctx.features[s])
+            check_map(t, ctx.teacher_features[t])
         pairs = zip(self.s_layers, self.t_layers)
         total = loss_sum(at_loss(ctx.features[s], ctx.teacher_features[t], self.params.p) for s, t in pairs)
         return {"loss_at": self.params.beta * total}
