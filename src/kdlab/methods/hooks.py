@@ -160,7 +160,8 @@ def pair_deepest(student: Sequence[str], teacher: Sequence[str]) -> tuple[list[s
 def check_map(name: str, feature: Tensor) -> None:
     """Feature methods need N×C×H×W maps."""
     if feature.dim() != 4:
-        raise ConfigError(f"layer {name!r} outputs shape {tuple(feature.shape)}; this method needs N×C×H×W maps")
+        raise ConfigError(f"layer {name!r} outputs shape {tuple(feature.shape)}; this method needs N×C×H×W maps "
+                          f"(between a transformer's tokens and a CNN's maps use method=ofa, or a logits method)")
 
 
 def as_map(feature: Tensor) -> Tensor:
