@@ -13,8 +13,8 @@ Two recipes (``dataset.recipe``):
 Every random number of a sample comes from a generator seeded by (seed, epoch, sample index) alone
 (:func:`sample_rng`): not from a worker's RNG state, so a DataLoader with N workers yields exactly the batches of
 one with none, and an epoch can resume at any batch. With ``dataset.fixed_views: K``, view k of sample i comes
-from (split_seed, k, i) instead (:func:`view_rng`), and each epoch picks one of the K per sample. Because every cache mode (files, memory, disk) starts from the
-same base image, they all give the same views.
+from (split_seed, k, i) instead (:func:`view_rng`), and each epoch picks one of the K per sample. Because every
+cache mode (files, memory, disk) starts from the same base image, they all give the same views.
 
 Deviation from torchvision: the random crop is taken from the centered ``B x B`` base, not from the full-resolution
 image (so a cached copy is enough; FFCV makes the same trade). Crops see the central square of a wide image only.

@@ -180,8 +180,8 @@ def teacher_cache_factory(exp: ExperimentConfig, spec: PlannedRun, opened: list,
                           suffix: str = "") -> Callable | None:
     """A factory the single run calls with its training loader and its frozen teacher (on the run's device,
     BatchNorm folded) when its method needs teacher logits only: the per-epoch cache of its data stream, or with
-    ``teacher_views`` the teacher's bank of fixed views (a memory-mapped directory every seed, worker process and Ray task
-reads; :mod:`kdlab.runs.teacher_bank`). ``suffix`` tells DDP ranks' caches apart."""
+    ``teacher_views`` the teacher's bank of fixed views (a memory-mapped directory that every seed, worker process
+    and Ray task reads; :mod:`kdlab.runs.teacher_bank`). ``suffix`` tells DDP ranks' caches apart."""
     if spec.teacher_run is None or not exp.share_teacher_outputs:
         return None
     teacher_run, layout = spec.teacher_run, ExperimentDir(exp.directory)

@@ -110,6 +110,7 @@ class TeacherViewBank:
     def __call__(self, epoch: int, index: int, batch: Batch) -> Tensor:
         self.stats.reused_batches += 1
         self.stats.reused_images += len(batch)
+        assert batch.index is not None  # a loader of fixed views always says which samples a batch holds
         return self.rows(batch.extras["view"], batch.index).to(self.device, non_blocking=True)
 
     def flush(self) -> None:
@@ -127,7 +128,7 @@ class _Builder:
         self.bank, self.loader, self.bf16, self.channels_last = bank, loader, bf16, channels_last
         self.teacher = teacher.to(bank.device).eval()
         if channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+            self.teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.batch_size, self.progress_every = batch_size, progress_every
         self.partial = bank.path.with_name(bank.path.name + ".partial")
         self.key = bank.key
@@ -149,7 +150,7 @@ class _Builder:
             if not todo:
                 continue
             for batch in self.loader.view_batches(k, self.batch_size, todo):
-                j = int(batch.index.min()) // self.batch_size  # (a batch whose files were all bad never comes)
+                j = int(batch.index.min()) // self.batch_size  # type: ignore[union-attr]  # (a batch whose files were all bad never comes)
                 self._write(arrays, k, batch)
                 done.add(k * per_view + j)
                 files.write_json(self.partial / "done.json", sorted(done))
@@ -178,6 +179,7 @@ class _Builder:
             logits = self.teacher(images).float()
         if logits.shape[1] != self.key["classes"]:
             raise ValueError(f"the teacher gives {logits.shape[1]} logits, the bank expects {self.key['classes']}")
+        assert batch.index is not None
         rows = batch.index.cpu().numpy()
         if self.key["topk"]:
             values, indices = logits.topk(self.key["topk"], dim=1)

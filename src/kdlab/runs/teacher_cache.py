@@ -60,7 +60,7 @@ class TeacherLogitCache:
         self.directory = Path(directory)
         self.teacher = teacher.to(device).eval()
         if channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+            self.teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.device = device
         self.bf16 = bf16
         self.stats = CacheStats()
