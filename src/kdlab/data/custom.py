@@ -18,11 +18,23 @@ A Hugging Face ``datasets.Dataset``/``DatasetDict`` is read through :mod:`kdlab.
 kdlab draws each epoch's order, and the DataLoader workers' seeds, from (seed, epoch), so a run resumes exactly when
 the Dataset's randomness comes from torch's RNG. A Dataset's views are not a pure function of (seed, epoch), so its
 loaders have no ``stream_key``: teacher outputs are not shared across methods for it (the teacher runs live).
+
+Opting in to shared teacher outputs (``dataset.fixed_views: K`` / experiment ``teacher_views: K``): a Dataset that
+defines ``kdlab_view(index, generator)`` -- return ``self[index]``, drawing every random number of its augmentation
+from the ``torch.Generator`` given -- lets kdlab draw its views: view k of sample i comes from a generator seeded by
+(split_seed, k, i), so the teacher's outputs for its K views are computed once and shared by every method and seed
+(:mod:`kdlab.runs.teacher_bank`). For a transform that uses torch's global RNG (torchvision's), this is enough::
+
+    def kdlab_view(self, index, generator):
+        with torch.random.fork_rng():
+            torch.manual_seed(generator.initial_seed())
+            return self[index]
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
@@ -213,6 +225,13 @@ class DatasetLoader:
         mean, std = normalization(info, cfg.normalize, self.channels or c)
         self._scale = (torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1))
         self.stream_key = None  # views are the Dataset's own: never shared across methods
+        self.fixed_views = cfg.fixed_views if train and hasattr(split.dataset, "kdlab_view") else 0
+        self.split_seed = cfg.split_seed
+        if self.fixed_views:  # the Dataset lets kdlab draw its views (see the module docstring)
+            fields = {"v": 1, "data": split.fingerprint, "fixed_views": self.fixed_views, "split_seed": cfg.split_seed,
+                      "pad": self.pad, "size": self.out_size, "channels": self.channels, "mean": mean, "std": std}
+            self.views_key = _hash(fields)
+            self.stream_key = _hash({"views": self.views_key, "seed": seed, "batch_size": self.batch_size})
 
     @property
     def num_samples(self) -> int:
@@ -231,19 +250,35 @@ class DatasetLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        from kdlab.data.loader import epoch_generator
         from kdlab.data.shard import rank_slice
 
         n, b = len(self.split), self.batch_size
         gen = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
+        views = torch.randint(0, self.fixed_views, (n,), generator=gen) if self.fixed_views else None
         batches = [order[rank_slice(i * b, min((i + 1) * b, n), self.shard)].tolist() for i in range(len(self))]
-        loader = DataLoader(_Indexed(self.split), batch_sampler=batches, num_workers=self.workers,
-                            collate_fn=_Collate(self.split.collate_fn), generator=gen,
+        return self._batches(batches, gen, views)
+
+    def view_batches(self, k: int, batch_size: int, chunks: Optional[list[int]] = None) -> Iterator[Batch]:
+        """Every sample once, in index order, as its fixed view ``k`` (a Dataset with ``kdlab_view`` only);
+        ``chunks``: only these batches (numbers ``j``: samples ``j * batch_size`` on)."""
+        n = len(self.split)
+        numbers = range(-(-n // batch_size)) if chunks is None else chunks
+        batches = [list(range(j * batch_size, min((j + 1) * batch_size, n))) for j in numbers]
+        return self._batches(batches, epoch_generator(self.split_seed, k, "views"), torch.full((n,), k))
+
+    def _batches(self, batches: list[list[int]], gen: torch.Generator,
+                 views: Optional[torch.Tensor]) -> Iterator[Batch]:
+        """The batches of these positions; with ``views`` (by position), each sample as its fixed view."""
+        loader = DataLoader(_Indexed(self.split, views, self.split_seed), batch_sampler=batches,
+                            num_workers=self.workers, collate_fn=_Collate(self.split.collate_fn), generator=gen,
                             pin_memory=self.device.type == "cuda")
         for images, labels, index in loader:
             images = self._prepare(images.to(self.device, non_blocking=True))
-            yield Batch(images, labels.to(self.device), index=index.to(self.device))
+            batch = Batch(images, labels.to(self.device), index=index.to(self.device))
+            if views is not None:
+                batch.extras["view"] = views[index].to(self.device)
+            yield batch
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
@@ -261,17 +296,41 @@ class DatasetLoader:
 
 
 class _Indexed(Dataset):
-    """Position i of a split -> (image tensor, label, i)."""
+    """Position i of a split -> (image tensor, label, i); with ``views`` (the fixed view of each position), the
+    Dataset's ``kdlab_view(index, generator)`` with a generator seeded by (split_seed, view, index)."""
 
-    def __init__(self, split: DatasetSplit) -> None:
-        self.split = split
+    def __init__(self, split: DatasetSplit, views: Optional[torch.Tensor] = None, split_seed: int = 0) -> None:
+        self.split, self.views, self.split_seed = split, views, split_seed
 
     def __len__(self) -> int:
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        image, label = self.split.sample(i)
-        return image, label, i
+        if self.views is None:
+            image, label = self.split.sample(i)
+            return image, label, i
+        index = int(self.split.indices[i])
+        gen = view_generator(self.split_seed, int(self.views[i]), index)
+        item = self.split.dataset.kdlab_view(index, gen)  # type: ignore[attr-defined]
+        image, label = split_sample(item, self.split.image_key, self.split.label_key)
+        return sample_image(image), _label(label), i
+
+
+def view_generator(split_seed: int, view: int, index: int) -> torch.Generator:
+    """The generator handed to a Dataset's ``kdlab_view`` for fixed view ``view`` of its sample ``index``."""
+    digest = hashlib.blake2b(f"kdlab-dataset-view:{split_seed}:{view}:{index}".encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
+    """A CPU generator for (seed, epoch) (:func:`kdlab.data.loader.epoch_generator`, imported late: no cycle)."""
+    from kdlab.data.loader import epoch_generator as make
+
+    return make(seed, epoch, stream)
+
+
+def _hash(fields: dict) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Collate:

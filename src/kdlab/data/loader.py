@@ -21,7 +21,7 @@ import json
 from dataclasses import dataclass
 import os
 from dataclasses import replace
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -104,7 +104,8 @@ class BatchLoader:
                                           device=self.device)
         else:
             self.plan = AugmentPlan.build(info, cfg, split.image_shape, train=train, device=self.device)
-        self.fixed_views = cfg.fixed_views if train and (self.plan.crop_padding or self.plan.flip) else 0
+        augments = self.recipe.per_sample or self.plan.crop_padding or self.plan.flip
+        self.fixed_views = cfg.fixed_views if train and augments else 0
         self.split_seed = cfg.split_seed
         self._stream_key = self._make_stream_key(cfg)
         self.cache = cache_mode(split, cfg)
@@ -232,13 +233,14 @@ class BatchLoader:
         flips = torch.stack([d[1] for d in draws]) if draws and draws[0][1] is not None else None
         return offsets, flips
 
-    def view_batches(self, k: int, batch_size: int) -> Iterator[Batch]:
-        """Every sample once, in index order, as its fixed view ``k`` (for computing a teacher's outputs on it)."""
+    def view_batches(self, k: int, batch_size: int, chunks: Optional[Sequence[int]] = None) -> Iterator[Batch]:
+        """Every sample once, in index order, as its fixed view ``k`` (for computing a teacher's outputs on it);
+        ``chunks``: only these batches (numbers ``j``: samples ``j * batch_size`` on), to resume a bank's build."""
         offsets, flips = self.view_draws()
         draws = Draws(torch.arange(len(self.split)), None if offsets is None else offsets[k],
                       None if flips is None else flips[k], torch.full((len(self.split),), k))
         slices = list(_slices(len(self.split), batch_size, len(range(0, len(self.split), batch_size))))
-        return self._iter(draws, slices)
+        return self._iter(draws, slices if chunks is None else [slices[j] for j in chunks])
 
     def __iter__(self) -> Iterator[Batch]:
         return self._iter(self.epoch_draws(), list(self._batch_slices())[self.start_batch:])
@@ -274,7 +276,12 @@ class BatchLoader:
         """Batches decoded (and, imagenet recipe, cropped) by the DataLoader workers, augmented here per batch."""
         assert self._source is not None
         order = draws.order if draws.order is not None else torch.arange(len(self.split))
-        dataset = ViewDataset(self._source, self.recipe, self.train, self.seed, self.epoch)
+        views = None
+        if draws.views is not None and self.recipe.per_sample:  # the view each sample shows, by sample index
+            views = torch.zeros(len(self.split), dtype=torch.int64)
+            views[order] = draws.views
+        dataset = ViewDataset(self._source, self.recipe, self.train, self.seed, self.epoch,
+                              None if views is None else views.numpy(), self.split_seed)
         loader = view_loader(dataset, [order[sl].tolist() for sl in slices], self.workers,
                              pin_memory=self.device.type == "cuda")
         for sl, views in zip(slices, loader):
@@ -320,9 +327,6 @@ def _loader_recipe(split: ImageSet, cfg: DataConfig) -> Recipe:
             raise ConfigError(f"config key 'dataset.image_size': the splits were loaded for another size "
                               f"(stored {split.decode_size}, the imagenet recipe at {recipe.size} needs "
                               f"{recipe.base})")
-        if cfg.fixed_views:
-            raise ConfigError("config key 'dataset.fixed_views': works with the small recipe only "
-                              "(the imagenet recipe draws a new crop per sample and epoch)")
         return recipe
     side = split.decode_size[0] if split.decode_size else recipe.base
     return Recipe("small", side, side)

@@ -12,8 +12,9 @@ Two recipes (``dataset.recipe``):
 
 Every random number of a sample comes from a generator seeded by (seed, epoch, sample index) alone
 (:func:`sample_rng`): not from a worker's RNG state, so a DataLoader with N workers yields exactly the batches of
-one with none, and an epoch can resume at any batch. Because every cache mode (files, memory, disk) starts from the
-same base image, they all give the same views.
+one with none, and an epoch can resume at any batch. With ``dataset.fixed_views: K``, view k of sample i comes
+from (split_seed, k, i) instead (:func:`view_rng`), and each epoch picks one of the K per sample. Because every
+cache mode (files, memory, disk) starts from the same base image, they all give the same views.
 
 Deviation from torchvision: the random crop is taken from the centered ``B x B`` base, not from the full-resolution
 image (so a cached copy is enough; FFCV makes the same trade). Crops see the central square of a wide image only.
@@ -71,6 +72,14 @@ def resolve_recipe(cfg: DataConfig) -> Recipe:
 def sample_rng(seed: int, epoch: int, index: int) -> random.Random:
     """The generator of one sample's augmentation in one epoch: a function of (seed, epoch, index) only."""
     digest = hashlib.blake2b(f"kdlab-view:{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return random.Random(int.from_bytes(digest, "little"))
+
+
+def view_rng(split_seed: int, view: int, index: int) -> random.Random:
+    """The generator of fixed view ``view`` of sample ``index`` (``dataset.fixed_views``): a function of
+    (split_seed, view, index) only, so every training seed and epoch sees the same K views of an image, and a teacher's
+    outputs for them can be computed once (:mod:`kdlab.runs.teacher_bank`)."""
+    digest = hashlib.blake2b(f"kdlab-fixed-view:{split_seed}:{view}:{index}".encode(), digest_size=8).digest()
     return random.Random(int.from_bytes(digest, "little"))
 
 

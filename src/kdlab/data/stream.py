@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kdlab.data.imagefolder import decode_base
-from kdlab.data.recipes import Recipe, make_view, sample_rng
+from kdlab.data.recipes import Recipe, make_view, sample_rng, view_rng
 from kdlab.errors import DataError
 
 
@@ -61,12 +61,15 @@ class ArraySource:
 class ViewDataset(Dataset):
     """Position ``i`` of a split -> ``(i, uint8 HWC view | error message)``.
 
-    Per-sample recipes (imagenet) make the view here from ``sample_rng(seed, epoch, i)``; the small recipe returns
-    the base, augmented later per batch on the device.
+    Per-sample recipes (imagenet) make the view here from ``sample_rng(seed, epoch, i)``, or with fixed views
+    (``views[i]``: the view of sample i shown this epoch) from ``view_rng(split_seed, views[i], i)``; the small recipe
+    returns the base, augmented later per batch on the device.
     """
 
-    def __init__(self, source: BaseSource, recipe: Recipe, train: bool, seed: int = 0, epoch: int = 0) -> None:
+    def __init__(self, source: BaseSource, recipe: Recipe, train: bool, seed: int = 0, epoch: int = 0,
+                 views: Optional[np.ndarray] = None, split_seed: int = 0) -> None:
         self.source, self.recipe, self.train, self.seed, self.epoch = source, recipe, train, seed, epoch
+        self.views, self.split_seed = views, split_seed
 
     def __len__(self) -> int:
         return len(self.source)
@@ -78,7 +81,10 @@ class ViewDataset(Dataset):
             return index, str(exc)
         if not self.recipe.per_sample:
             return index, base
-        rng = sample_rng(self.seed, self.epoch, index) if self.train else None
+        rng = None
+        if self.train:
+            rng = (sample_rng(self.seed, self.epoch, index) if self.views is None
+                   else view_rng(self.split_seed, int(self.views[index]), index))
         return index, make_view(np.asarray(base), self.recipe, self.train, rng)
 
 

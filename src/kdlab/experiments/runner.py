@@ -33,7 +33,8 @@ from kdlab.plugins import module_names
 from kdlab.report.live import write_live
 from kdlab.runs.identity import saved_imports
 from kdlab.runs.live import Live
-from kdlab.runs.teacher_cache import CacheStats, TeacherLogitCache, TeacherViewBank
+from kdlab.runs.teacher_bank import TeacherViewBank
+from kdlab.runs.teacher_cache import CacheStats, TeacherLogitCache
 from kdlab.runs.train import run as train_single
 
 
@@ -179,7 +180,8 @@ def teacher_cache_factory(exp: ExperimentConfig, spec: PlannedRun, opened: list,
                           suffix: str = "") -> Callable | None:
     """A factory the single run calls with its training loader and its frozen teacher (on the run's device,
     BatchNorm folded) when its method needs teacher logits only: the per-epoch cache of its data stream, or with
-    ``teacher_views`` the teacher's bank of fixed views. ``suffix`` tells DDP ranks' caches apart."""
+    ``teacher_views`` the teacher's bank of fixed views (a memory-mapped directory that every seed, worker process
+    and Ray task reads; :mod:`kdlab.runs.teacher_bank`). ``suffix`` tells DDP ranks' caches apart."""
     if spec.teacher_run is None or not exp.share_teacher_outputs:
         return None
     teacher_run, layout = spec.teacher_run, ExperimentDir(exp.directory)
@@ -189,9 +191,9 @@ def teacher_cache_factory(exp: ExperimentConfig, spec: PlannedRun, opened: list,
         bf16 = use_bf16(exp.precision, device)
         cache: TeacherLogitCache | TeacherViewBank
         if loader.fixed_views:
-            path = layout.teacher_views / f"{teacher_run.key}-{loader.views_key}.safetensors"
+            path = layout.teacher_views / f"{teacher_run.key}-{loader.views_key}"
             cache = TeacherViewBank(path, teacher, loader, device, bf16, exp.channels_last,
-                                    exp.dataset.eval_batch_size)
+                                    exp.dataset.eval_batch_size, teacher_id=teacher_run.key)
         else:
             directory = layout.teacher_cache / f"{teacher_run.key}-{loader.stream_key}{suffix}"
             cache = TeacherLogitCache(directory, teacher, device, bf16, exp.channels_last)

@@ -4,13 +4,13 @@ The data stream of a seed is a pure function of (data, split, augmentation setti
 ``stream_key`` — so the view of batch ``i`` of epoch ``e`` is the same for every method trained with that seed. The
 cache is keyed by the teacher's run key, the stream key, the epoch and the batch index; it stores fp16 logits (one
 safetensors file per epoch) and a checksum of each view, and recomputes (and counts) any batch whose view does not
-match, so it can never serve logits of another view.
+match, so it can never serve logits of another view. The teacher's outputs for fixed views (``dataset.fixed_views``)
+are kept once for every seed instead, by :mod:`kdlab.runs.teacher_bank`.
 """
 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,7 +60,7 @@ class TeacherLogitCache:
         self.directory = Path(directory)
         self.teacher = teacher.to(device).eval()
         if channels_last:
-            self.teacher.to(memory_format=torch.channels_last)
+            self.teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.device = device
         self.bf16 = bf16
         self.stats = CacheStats()
@@ -117,54 +117,3 @@ class TeacherLogitCache:
                 getattr(loaded, "logits" if kind == "logits" else "checksums")[int(index)] = tensor
         self._current = loaded
         return loaded
-
-
-class TeacherViewBank:
-    """The teacher's logits for the K fixed views of every training image (``dataset.fixed_views``, FKD's idea),
-    computed once per teacher and views key and reused by every logits-only method, every seed and every epoch.
-
-    The views are a pure function of (data, augmentation settings, split_seed, k) (see
-    ``BatchLoader.view_draws``), so the bank is keyed by the teacher's run key and the loader's ``views_key``; a
-    batch reads row ``[view, index]`` for each of its samples. Stored as fp16 ``[K, N, classes]`` in one safetensors
-    file (written atomically), as the per-epoch cache stores its logits.
-    """
-
-    def __init__(self, path: Path, teacher: nn.Module, loader, device: torch.device, bf16: bool,
-                 channels_last: bool, batch_size: int = 512) -> None:
-        self.path = Path(path)
-        self.device = device
-        self.stats = CacheStats()
-        if self.path.is_file():
-            self.logits = load_weights(self.path)[0]["logits"]
-        else:
-            start = time.perf_counter()
-            self.logits = self._compute(teacher.to(device).eval(), loader, bf16, channels_last, batch_size)
-            self.stats.bank_seconds = time.perf_counter() - start
-            save_weights(self.path, {"logits": self.logits}, {"views": loader.fixed_views, "key": loader.views_key})
-        self.logits = self.logits.to(device)
-
-    def _compute(self, teacher: nn.Module, loader, bf16: bool, channels_last: bool, batch_size: int) -> Tensor:
-        if channels_last:
-            teacher.to(memory_format=torch.channels_last)
-        views = []
-        for k in range(loader.fixed_views):
-            rows = []
-            for batch in loader.view_batches(k, batch_size):
-                images = batch.images.contiguous(memory_format=torch.channels_last) if channels_last else batch.images
-                with torch.no_grad(), autocast(self.device, bf16):
-                    rows.append(teacher(images).float().to("cpu", torch.float16))
-                self.stats.computed_batches += 1
-                self.stats.computed_images += len(images)
-            views.append(torch.cat(rows))
-        return torch.stack(views)
-
-    def __call__(self, epoch: int, index: int, batch: Batch) -> Tensor:
-        self.stats.reused_batches += 1
-        self.stats.reused_images += len(batch)
-        return self.logits[batch.extras["view"], batch.index].float()
-
-    def flush(self) -> None:
-        """Nothing to write: the bank is complete once built."""
-
-    def discard(self) -> None:
-        """The bank outlives a seed: every seed reuses it."""
