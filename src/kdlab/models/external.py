@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
-from kdlab.models.registry import MODELS
+from kdlab.models.registry import EXTERNAL, MODELS
 from kdlab.models.resnet import RESNET_STAGES
 from kdlab.models.weights import load_pretrained
 
@@ -213,3 +213,7 @@ def create_external_model(
     if pretrained is not None:
         load_pretrained(model, pretrained, arch=name)
     return model
+
+
+EXTERNAL.register("torchvision")(create_external_model)
+EXTERNAL.register("timm")(create_external_model)
