@@ -18,7 +18,7 @@ from kdlab.config import DataConfig
 from kdlab.data import load_splits
 from kdlab.data.fingerprint import data_fingerprint, dataset_fingerprint
 from kdlab.errors import DataError
-from kdlab.runner.live import object_hash
+from kdlab.runs.live import object_hash
 
 COMMON = {"epochs": 1, "device": "cpu", "progress": False, "precision": "fp32"}
 

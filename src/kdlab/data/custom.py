@@ -39,6 +39,7 @@ from kdlab.config import DataConfig
 from kdlab.data.augment import normalization
 from kdlab.data.fingerprint import dataset_fingerprint
 from kdlab.data.info import DatasetInfo
+from kdlab.data.shard import epoch_generator, rank_slice
 from kdlab.errors import DataError
 
 IMAGE_KEYS = ("image", "img")  # a dict sample's image and label keys, unless dataset.image_column / label_column
@@ -231,9 +232,6 @@ class DatasetLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        from kdlab.data.loader import epoch_generator
-        from kdlab.data.shard import rank_slice
-
         n, b = len(self.split), self.batch_size
         gen = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)

@@ -10,7 +10,7 @@ offline. Columns: ``dataset.image_column`` (default ``image`` or ``img``) and ``
 Splits: ``train``, ``validation`` or ``val``, ``test`` (file names such as ``train-00000-of-00001.parquet`` or
 ``train/`` sub-folders); without a validation split one is held out of train, as for every dataset.
 
-From ``hf:PATH``, a dataset that decodes to less than :data:`kdlab.data.loader.IN_MEMORY_LIMIT` (or with
+From ``hf:PATH``, a dataset that decodes to less than :func:`kdlab.data.loader.memory_budget` (or with
 ``dataset.in_memory=true``) is decoded once into memory and augmented on the device like the built-in datasets;
 a larger one streams from its Arrow files, each image decoded in ``__getitem__`` (DataLoader workers), through
 :mod:`kdlab.data.custom`. Objects given to the API always stream that way (their own ``with_transform`` applies).
@@ -31,6 +31,7 @@ from kdlab.config import DataConfig
 from kdlab.data.custom import IMAGE_KEYS, LABEL_KEYS, sample_image
 from kdlab.data.fingerprint import hf_fingerprint, is_hf_dataset
 from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
+from kdlab.data.loader import memory_budget
 from kdlab.data.registry import DATASETS
 from kdlab.errors import ConfigError, DataError
 
@@ -152,8 +153,6 @@ def _decode_all(ds: HFImageDataset) -> ImageSet:
 @DATASETS.register("hf")
 def load_hf(cfg: DataConfig) -> Any:
     """``dataset=hf:PATH`` (or ``dataset=hf`` with ``dataset.root=PATH``): see the module docstring."""
-    from kdlab.data.loader import IN_MEMORY_LIMIT
-
     text = cfg.name.partition(":")[2] or cfg.root
     if not text:
         raise ConfigError("config key 'dataset.name': hf needs a folder: dataset=hf:PATH (a save_to_disk folder)")
@@ -164,7 +163,7 @@ def load_hf(cfg: DataConfig) -> Any:
     train = parts["train"]
     first = train[0][0] if len(train) else torch.zeros((1, 1, 1), dtype=torch.uint8)
     total = sum(len(p) for p in parts.values()) * first.numel()
-    if cfg.in_memory is False or (cfg.in_memory is None and total >= IN_MEMORY_LIMIT):
+    if cfg.in_memory is False or (cfg.in_memory is None and total >= memory_budget()):
         return {k: v for k, v in parts.items() if k in ("train", "val", "test")}  # streamed (kdlab.data.custom)
     sets = {k: _decode_all(v) for k, v in parts.items() if k in ("train", "val", "test")}
     test = sets.get("test") or sets["train"].subset([])

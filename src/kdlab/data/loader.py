@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional
 
 import torch
@@ -28,11 +27,12 @@ import torch
 from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import AugmentPlan, normalization
+from kdlab.data.checks import check_data_config
 from kdlab.data.custom import DatasetLoader, DatasetSplit
+from kdlab.data.diskcache import open_cache
 from kdlab.data.info import DatasetInfo, ImageSet
 from kdlab.data.recipes import Recipe, resolve_recipe
-from kdlab.data.shard import rank_slice
-from kdlab.data.splits import check_data_config
+from kdlab.data.shard import epoch_generator, rank_slice
 from kdlab.data.stream import ArraySource, BaseSource, FileSource, ViewBatch, ViewDataset, decode_bases, view_loader
 from kdlab.errors import ConfigError, DataError
 
@@ -47,12 +47,6 @@ def memory_budget() -> int:
     except (ValueError, OSError, AttributeError):
         ram = 8 * MEMORY_BUDGET
     return min(MEMORY_BUDGET, ram // 8)
-
-
-def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
-    """A CPU generator for (seed, epoch), hashed so nearby pairs give unrelated streams."""
-    digest = hashlib.sha256(f"kdlab-{stream}:{seed}:{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 @dataclass
@@ -123,8 +117,6 @@ class BatchLoader:
         split, side = self.split, self.recipe.base
         assert split.paths is not None
         if self.cache == "disk":
-            from kdlab.data.diskcache import open_cache
-
             if split.folder is None:
                 raise ConfigError("config key 'dataset.cache': disk applies to image folders loaded by kdlab")
             source = open_cache(split.folder, split.paths, side, cfg.cache_dir, cfg.workers, split.folder_fingerprint)
