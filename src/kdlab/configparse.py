@@ -22,13 +22,16 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union
 
 import yaml
 
 from kdlab.errors import ConfigError
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")  # a dataclass type
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB: anything over 1 MiB is not one
 INT_LIMIT = 1 << 63  # integers beyond 64 bits (signed) overflow every consumer (torch, numpy)
 SEED_LIMIT = 1 << 64  # torch.manual_seed takes [0, 2**64)
@@ -119,7 +122,8 @@ def apply_overrides(tree: dict, overrides: list[str]) -> dict:
 
 def split_args(args: list[str] | tuple[str, ...]) -> tuple[str | None, list[str]]:
     """Command-line settings: an optional leading YAML file, then ``key=value`` overrides."""
-    path, overrides = None, []
+    path: str | None = None
+    overrides: list[str] = []
     for arg in args:
         if "=" not in arg and arg.endswith((".yaml", ".yml")) and path is None and not overrides:
             path = arg
@@ -183,7 +187,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value in typing.get_args(tp):
             return value
         raise ConfigError(f"config key {key!r}: expected one of {_type_name(tp)}, got {value!r}")
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, str):
             value = {"name": value}
         if not isinstance(value, dict):
