@@ -187,11 +187,16 @@ def data_parts(data: Any) -> dict[str, Any]:
 
 
 def object_info(name: str, parts: dict[str, DatasetSplit], cfg: DataConfig) -> DatasetInfo:
+    """The description of the user's splits: class names from the Dataset's ``classes`` when they cover the labels
+    (else ``0..max label``), the first image's shape, no normalization (the Dataset's transform does its own)."""
     train = parts["train"]
     classes = getattr(train.dataset, "classes", None)
     seen = int(max(int(p.labels.max()) for p in parts.values() if len(p)) + 1)
     num_classes = len(classes) if isinstance(classes, (list, tuple)) and len(classes) >= seen else seen
-    names = tuple(str(c) for c in classes) if num_classes == len(classes or ()) else tuple(map(str, range(num_classes)))
+    if classes is not None and num_classes == len(classes):
+        names = tuple(str(c) for c in classes)
+    else:
+        names = tuple(map(str, range(num_classes)))
     c, h, w = train.image_shape
     return DatasetInfo(name=name, num_classes=num_classes, in_channels=c, image_size=(h, w), class_names=names,
                        mean=(0.0,) * c, std=(1.0,) * c, flip=False)

@@ -68,8 +68,8 @@ def decode_image(path: str, size: tuple[int, int]) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             img.draft("RGB", (width, height))  # JPEG: decode at a reduced scale still >= size (much faster)
-            img = ImageOps.fit(img.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
+            fitted = ImageOps.fit(img.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR)
+            array = np.asarray(fitted, dtype=np.uint8)
     except _DECODE_ERRORS as exc:
         raise DataError(f"cannot decode image {path}: {first_words(exc)}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

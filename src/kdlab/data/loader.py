@@ -220,8 +220,11 @@ class BatchLoader:
         view k is drawn from (split_seed, k) alone, so every training seed shares the same K views."""
         draws = [self.plan.draw(len(self.split), epoch_generator(self.split_seed, k, "views"))
                  for k in range(self.fixed_views)]
-        offsets = torch.stack([d[0] for d in draws]) if draws and draws[0][0] is not None else None
-        flips = torch.stack([d[1] for d in draws]) if draws and draws[0][1] is not None else None
+        # the plan draws offsets (flips) for every view or for none
+        view_offsets = [d[0] for d in draws if d[0] is not None]
+        view_flips = [d[1] for d in draws if d[1] is not None]
+        offsets = torch.stack(view_offsets) if view_offsets else None
+        flips = torch.stack(view_flips) if view_flips else None
         return offsets, flips
 
     def view_batches(self, k: int, batch_size: int) -> Iterator[Batch]:

@@ -13,7 +13,7 @@ builds a plug-in's class or factory.
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Callable, Mapping
 
 from torch import nn
 
@@ -39,6 +39,7 @@ def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwarg
     factory = MODELS.get(name)
     if not callable(factory):
         raise ConfigError(f"model {name!r} is not a class or function")
+    accepted: Mapping[str, inspect.Parameter]
     try:
         accepted = inspect.signature(factory).parameters
         open_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())
