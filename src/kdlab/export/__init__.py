@@ -32,6 +32,7 @@ import torch
 
 import kdlab
 from kdlab import files
+from kdlab.engine.device import resolve_device
 from kdlab.errors import KdlabError
 from kdlab.rundir import EXPORT_RESULT
 from kdlab.export.formats import FORMATS, INPUT_NAME, OUTPUT_NAME, get_format, torch_predictor
@@ -176,9 +177,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     get_format(format)
     if int8 and format != "onnx":
         raise KdlabError(f"int8 quantization is for the onnx format (onnxruntime); got --format {format}")
-    from kdlab.engine.device import resolve_device
-
-    device = resolve_device(device)
+    torch_device = resolve_device(device)
     src = load_source(source, imports, trust_code)
     path = destination(src, format, out)
     _check_writable(path.parent)
@@ -191,7 +190,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
                     "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": list(src.input_shape),
                     "mean": list(src.normalization[0]), "std": list(src.normalization[1]),
                     "resize": list(src.resize) if src.resize else None, "int8_file": None}
-    fp32, logits = _fp32(src, format, path, device, verify_images, threads, onnx_exporter)
+    fp32, logits = _fp32(src, format, path, torch_device, verify_images, threads, onnx_exporter)
     result.update(fp32)
     int8_path = path.with_name(f"{path.stem}.int8{path.suffix}")
     if int8:

@@ -26,6 +26,9 @@ from kdlab.rundir import RunDir
 class Deployable(nn.Module):
     """``model((pixels - mean) / std)`` as one module: the function every export format holds."""
 
+    scale: Tensor  # buffers
+    shift: Tensor
+
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
         self.model = model
@@ -106,6 +109,7 @@ def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_c
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    run: RunDir | None
     if path.is_dir():
         run = RunDir(path)
         if not run.finished():
