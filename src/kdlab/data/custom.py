@@ -26,7 +26,7 @@ import hashlib
 import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -122,7 +122,7 @@ class DatasetSplit:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def subset(self, positions) -> "DatasetSplit":
+    def subset(self, positions: torch.Tensor | Sequence[int] | range) -> "DatasetSplit":
         idx = torch.as_tensor(list(positions) if isinstance(positions, range) else positions, dtype=torch.int64)
         return replace(self, indices=self.indices[idx], labels=self.labels[idx])
 

@@ -8,6 +8,8 @@ Every failure is a one-line :class:`~kdlab.errors.DataError` naming the file.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -103,7 +105,7 @@ def collate_images(items: list[torch.Tensor | str]) -> torch.Tensor | str:
     return errors[0] if errors else torch.stack(items)  # type: ignore[arg-type]
 
 
-def path_loader(paths: list[str], size: tuple[int, int], workers: int, **kwargs) -> DataLoader:
+def path_loader(paths: list[str], size: tuple[int, int], workers: int, **kwargs: Any) -> DataLoader:
     """A DataLoader over decoded images; iterate it with :func:`checked`."""
     return DataLoader(PathDataset(paths, size), num_workers=workers, collate_fn=collate_images, **kwargs)
 

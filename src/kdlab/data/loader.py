@@ -340,8 +340,8 @@ def _to(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tenso
     return t.to(device) if t is not None else None
 
 
-def make_loader(split, info: DatasetInfo, cfg: DataConfig, *, train: bool, device: torch.device,
-                seed: int = 0):
+def make_loader(split: ImageSet | DatasetSplit, info: DatasetInfo, cfg: DataConfig, *, train: bool,
+                device: torch.device, seed: int = 0) -> BatchLoader | DatasetLoader:
     """A :class:`BatchLoader` over an ImageSet (see the module docstring for its guarantees), or a
     :class:`~kdlab.data.custom.DatasetLoader` over a user Dataset's split."""
     if isinstance(split, DatasetSplit):

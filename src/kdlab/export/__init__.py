@@ -26,7 +26,7 @@ import os
 import sys
 import types
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -276,7 +276,7 @@ def _cached(run_dir: str | Path, fmt: str, int8: bool) -> Optional[dict]:
 class _CallableModule(types.ModuleType):
     """``kdlab.export(...)`` calls :func:`export` while ``kdlab.export`` stays this package."""
 
-    def __call__(self, *args, **kwargs) -> dict:
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
         return export(*args, **kwargs)
 
 

@@ -189,7 +189,7 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
     import onnxruntime as ort
 

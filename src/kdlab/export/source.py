@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +21,9 @@ from torch import Tensor, nn
 from kdlab.config import DataConfig, from_dict
 from kdlab.errors import CheckpointError, KdlabError
 from kdlab.rundir import RunDir
+
+if TYPE_CHECKING:
+    from kdlab.data import Splits
 
 
 class Deployable(nn.Module):
@@ -53,14 +56,14 @@ class Source:
     data: DataConfig  # the settings the run evaluated with
 
     @cached_property
-    def splits(self):
-        from kdlab.data import load_splits
+    def splits(self) -> Splits:
+        from kdlab.data import load_splits  # kdlab.data (Pillow, the dataset loaders) only when images are needed
 
         return load_splits(self.data)
 
     @cached_property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        from kdlab.data import normalization
+        from kdlab.data import normalization  # (start-up: kdlab.data only when images are needed)
 
         return normalization(self.splits.info, self.data.normalize)
 
@@ -79,10 +82,13 @@ class Source:
         return Deployable(self.model, mean, std).eval()
 
     def _loader(self, split, pixels: bool, device: str | torch.device = "cpu"):
-        from kdlab.data import make_loader
+        from kdlab.data import BatchLoader, make_loader  # (start-up: kdlab.data only when images are needed)
 
         loader = make_loader(split, self.splits.info, self.data, train=False, device=torch.device(device))
         if pixels:  # the same views, left as pixels in [0, 1]: scale 1/255, no shift
+            if not isinstance(loader, BatchLoader):
+                raise KdlabError(f"dataset {self.data.name!r}: its images are the user's Dataset objects, normalized "
+                                 f"by their own transform; exporting needs a dataset kdlab loads (pixels in [0, 1])")
             loader.plan = dataclasses.replace(loader.plan, scale=torch.full_like(loader.plan.scale, 1.0 / 255.0),
                                               shift=torch.zeros_like(loader.plan.shift))
         return loader
@@ -104,7 +110,7 @@ def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_c
 
     ``allowed_imports`` / ``trust_code``: the plug-in modules the file's metadata may import (see
     :func:`kdlab.models.saved.load_model`)."""
-    from kdlab.models.saved import load_model
+    from kdlab.models.saved import load_model  # (start-up: the model zoo only when a model is loaded)
 
     path = Path(source)
     if not path.exists():

@@ -13,7 +13,7 @@ builds a plug-in's class or factory.
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -27,7 +27,7 @@ EXTERNAL_PREFIXES = ("torchvision:", "timm:")
 EXTERNAL: Registry[Callable[..., nn.Module]] = Registry("model library")
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Build a registered model (or ``torchvision:NAME`` / ``timm:NAME`` / ``module:Name``), freshly initialized.
 
     ``num_classes`` and ``in_channels`` are passed when the factory takes them (a plug-in class may take neither);
