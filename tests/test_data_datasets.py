@@ -261,7 +261,7 @@ def test_idx_header_is_big_endian():
 
 
 def test_imagefolder_parallel_decoding_matches_serial(tmp_path):
-    from kdlab.data.imagefolder import decode_all
+    from kdlab.data.decode import decode_all
 
     fd.make_imagefolder(tmp_path, per_class=3)
     raw = load_dataset(DataConfig(name="imagefolder", root=str(tmp_path), image_size=16))

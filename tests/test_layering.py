@@ -18,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "src" / "kdlab"
-BASE = {"config", "errors", "registry", "files", "rundir", "expdir", "plugins", "batch", "console", "codeid",
-        "tracking", "__init__", "__main__"}
+BASE = {"config", "configparse", "errors", "registry", "files", "rundir", "expdir", "plugins", "batch", "console",
+        "codeid", "tracking", "__init__", "__main__"}
 FACES = {"cli", "api", "experiment"}
 ROOMS = {"scale", "experiments", "runs", "engine", "methods", "models", "data", "report", "export"}
 BELOW_BASE = FACES | ROOMS

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from torch import Tensor
 
@@ -25,6 +25,6 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def replace(self, **changes) -> "Batch":
+    def replace(self, **changes: Any) -> "Batch":
         """A copy with some fields changed (the tensors are shared, not copied)."""
         return dataclasses.replace(self, **changes)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 log = logging.getLogger("kdlab")
 
@@ -35,11 +35,11 @@ class _StderrHandler(logging.StreamHandler):
         super().__init__()
 
     @property  # type: ignore[override]
-    def stream(self):
+    def stream(self) -> TextIO:
         return sys.stderr
 
     @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it; the current sys.stderr always wins
+    def stream(self, value: TextIO) -> None:  # StreamHandler.__init__ assigns it; the current sys.stderr always wins
         pass
 
 

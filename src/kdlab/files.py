@@ -28,7 +28,7 @@ METADATA_KEY = "kdlab"
 LOW_SPACE = 1 << 20  # bytes: a write that fails with less free space than this failed for want of space
 
 
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | Path, write: Callable[[str], object]) -> None:
     """Call ``write(tmp_path)``, fsync, and atomically rename to ``path`` (same directory, so rename is atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,8 @@ def directory_lock(directory: str | Path, what: str) -> Iterator[None]:
         if exc.errno == errno.ELOOP:
             raise KdlabError(f"{directory / '.lock'} is a symbolic link: kdlab writes only real files inside "
                              f"out_dir; remove it") from None
-        reason = FILE_SYSTEM_ERRORS.get(exc.errno) or exc.strerror or str(exc)
+        known = FILE_SYSTEM_ERRORS.get(exc.errno) if exc.errno is not None else None
+        reason = known or exc.strerror or str(exc)
         raise KdlabError(f"cannot create or write {directory}: {reason}") from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

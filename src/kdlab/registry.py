@@ -32,7 +32,9 @@ class Registry(Generic[T]):
         """Decorator registering a class or function under ``name`` (default: its ``__name__``)."""
 
         def decorator(obj: T) -> T:
-            key = name or obj.__name__
+            key = name or getattr(obj, "__name__", None)
+            if not isinstance(key, str) or not key:
+                raise TypeError(f"{self.kind} {obj!r} has no __name__: give the name to register it under")
             if key in self._entries:
                 raise ValueError(f"{self.kind} {key!r} is registered twice")
             self._entries[key] = obj

@@ -13,11 +13,13 @@ through :mod:`kdlab.data.custom` (``load_splits(cfg, data=...)``). Fingerprints:
 
 from kdlab.data import cifar, fashion_mnist, hf, imagefolder  # noqa: F401  (registers the datasets)
 from kdlab.data.augment import AugmentPlan, crop_flip, normalization
+from kdlab.data.checks import check_data_config
 from kdlab.data.custom import DatasetLoader, DatasetSplit
 from kdlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, ImageSet, RawDataset
-from kdlab.data.loader import BatchLoader, epoch_generator, make_loader
+from kdlab.data.loader import BatchLoader, make_loader
 from kdlab.data.registry import DATASETS, load_dataset
-from kdlab.data.splits import Splits, check_data_config, load_splits, stratified_split
+from kdlab.data.shard import epoch_generator
+from kdlab.data.splits import Splits, load_splits, stratified_split
 
 __all__ = [
     "DATASETS", "DatasetInfo", "ImageSet", "RawDataset", "Splits", "BatchLoader", "AugmentPlan",

@@ -38,7 +38,7 @@ import json
 import warnings
 from dataclasses import dataclass, replace
 from functools import cached_property
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +51,7 @@ from kdlab.config import DataConfig
 from kdlab.data.augment import normalization
 from kdlab.data.fingerprint import dataset_fingerprint
 from kdlab.data.info import DatasetInfo
+from kdlab.data.shard import epoch_generator, rank_slice
 from kdlab.errors import DataError
 
 IMAGE_KEYS = ("image", "img")  # a dict sample's image and label keys, unless dataset.image_column / label_column
@@ -133,7 +134,7 @@ class DatasetSplit:
     def __len__(self) -> int:
         return len(self.indices)
 
-    def subset(self, positions) -> "DatasetSplit":
+    def subset(self, positions: torch.Tensor | Sequence[int] | range) -> "DatasetSplit":
         idx = torch.as_tensor(list(positions) if isinstance(positions, range) else positions, dtype=torch.int64)
         return replace(self, indices=self.indices[idx], labels=self.labels[idx])
 
@@ -198,11 +199,16 @@ def data_parts(data: Any) -> dict[str, Any]:
 
 
 def object_info(name: str, parts: dict[str, DatasetSplit], cfg: DataConfig) -> DatasetInfo:
+    """The description of the user's splits: class names from the Dataset's ``classes`` when they cover the labels
+    (else ``0..max label``), the first image's shape, no normalization (the Dataset's transform does its own)."""
     train = parts["train"]
     classes = getattr(train.dataset, "classes", None)
     seen = int(max(int(p.labels.max()) for p in parts.values() if len(p)) + 1)
     num_classes = len(classes) if isinstance(classes, (list, tuple)) and len(classes) >= seen else seen
-    names = tuple(str(c) for c in classes) if num_classes == len(classes or ()) else tuple(map(str, range(num_classes)))
+    if classes is not None and num_classes == len(classes):
+        names = tuple(str(c) for c in classes)
+    else:
+        names = tuple(map(str, range(num_classes)))
     c, h, w = train.image_shape
     return DatasetInfo(name=name, num_classes=num_classes, in_channels=c, image_size=(h, w), class_names=names,
                        mean=(0.0,) * c, std=(1.0,) * c, flip=False)
@@ -250,8 +256,6 @@ class DatasetLoader:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
-        from kdlab.data.shard import rank_slice
-
         n, b = len(self.split), self.batch_size
         gen = epoch_generator(self.seed, self.epoch)
         order = torch.randperm(n, generator=gen) if self.train else torch.arange(n)
@@ -320,13 +324,6 @@ def view_generator(split_seed: int, view: int, index: int) -> torch.Generator:
     """The generator handed to a Dataset's ``kdlab_view`` for fixed view ``view`` of its sample ``index``."""
     digest = hashlib.blake2b(f"kdlab-dataset-view:{split_seed}:{view}:{index}".encode(), digest_size=8).digest()
     return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
-
-
-def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
-    """A CPU generator for (seed, epoch) (:func:`kdlab.data.loader.epoch_generator`, imported late: no cycle)."""
-    from kdlab.data.loader import epoch_generator as make
-
-    return make(seed, epoch, stream)
 
 
 def _hash(fields: dict) -> str:

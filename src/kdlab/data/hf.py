@@ -31,6 +31,7 @@ from kdlab.config import DataConfig
 from kdlab.data.custom import IMAGE_KEYS, LABEL_KEYS, sample_image
 from kdlab.data.fingerprint import hf_fingerprint, is_hf_dataset
 from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
+from kdlab.data.loader import memory_budget
 from kdlab.data.registry import DATASETS
 from kdlab.errors import ConfigError, DataError
 
@@ -152,8 +153,6 @@ def _decode_all(ds: HFImageDataset) -> ImageSet:
 @DATASETS.register("hf")
 def load_hf(cfg: DataConfig) -> Any:
     """``dataset=hf:PATH`` (or ``dataset=hf`` with ``dataset.root=PATH``): see the module docstring."""
-    from kdlab.data.loader import memory_budget  # (loader imports this module's neighbours)
-
     text = cfg.name.partition(":")[2] or cfg.root
     if not text:
         raise ConfigError("config key 'dataset.name': hf needs a folder: dataset=hf:PATH (a save_to_disk folder)")

@@ -10,7 +10,8 @@ epoch, or once into memory or a disk cache (``dataset.cache``, :mod:`kdlab.data.
 
 Bad files (unreadable, truncated, empty, not an image, shorter side under a quarter of ``S``) stop the run with one
 line naming the file, before training when the folder is small enough to check every header (listing pass), else
-when the loader first decodes it; ``dataset.skip_bad_files=true`` leaves them out and counts them.
+when the loader first decodes it; ``dataset.skip_bad_files=true`` leaves them out and counts them. The files are
+decoded by :mod:`kdlab.data.decode`.
 """
 
 from __future__ import annotations
@@ -19,12 +20,10 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
 
 from kdlab.config import DataConfig
+from kdlab.data.decode import check_header
 from kdlab.data.info import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo, ImageSet, RawDataset
 from kdlab.data.recipes import resolve_recipe
 from kdlab.data.registry import DATASETS
@@ -33,11 +32,8 @@ from kdlab.errors import DataError
 ENV_VAR = "KDLAB_IMAGEFOLDER"
 DEFAULT_SIZE = 64
 EXTENSIONS = (".png", ".jpg", ".jpeg")
-_PARALLEL_DECODE_MIN = 512  # below this many files, worker processes cost more than they save
 HEADER_CHECK_LIMIT = 10_000  # split folders with at most this many files get every header checked before training
 FINGERPRINT_SAMPLE = 32  # files whose contents the folder fingerprint hashes (a fixed, seeded choice)
-MIN_SIDE_FRACTION = 4  # an image whose shorter side is under stored side / 4 is too small (a thumbnail by mistake)
-_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
 def folder_fingerprint(root: str | Path) -> str:
@@ -68,31 +64,6 @@ def folder_fingerprint(root: str | Path) -> str:
     for name, _, _ in rank[:FINGERPRINT_SAMPLE]:
         digest.update(hashlib.sha256((root / name).read_bytes()).digest())
     return digest.hexdigest()[:16]
-
-
-def check_header(path: str, side: int) -> str | None:
-    """Why ``path`` cannot be an image stored at ``side`` (one line naming it), or None: reads the header only
-    (PIL's ``verify``), so a truncated JPEG body is found when it is decoded."""
-    try:
-        with Image.open(path) as img:
-            width, height = img.size
-            img.verify()
-    except _DECODE_ERRORS as exc:
-        return f"cannot decode image {path}: {first_words(exc)}"
-    return _too_small(path, width, height, side)
-
-
-def _too_small(path: str, width: int, height: int, side: int) -> str | None:
-    if min(width, height) * MIN_SIDE_FRACTION < side:
-        return (f"image {path} is too small ({width}x{height}) for the stored size {side}x{side} "
-                f"(shorter side at least {-(-side // MIN_SIDE_FRACTION)}); set dataset.skip_bad_files=true to skip it")
-    return None
-
-
-def first_words(exc: BaseException) -> str:
-    """An exception's message on one line."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
 
 
 def check_files(paths: list[str], labels: torch.Tensor, side: int, skip: bool
@@ -134,91 +105,6 @@ def scan_split(folder: Path, classes: tuple[str, ...] | None = None) -> tuple[li
         paths += files
         labels += [label] * len(files)
     return paths, torch.tensor(labels, dtype=torch.int64), found
-
-
-def decode_base(path: str, side: int) -> np.ndarray:
-    """One image file as its base: uint8 ``[side, side, 3]`` (RGB, shorter side scaled to ``side``, center-cropped).
-
-    Raises a one-line DataError naming the file when it cannot be decoded or is too small (``MIN_SIDE_FRACTION``).
-    """
-    try:
-        with Image.open(path) as img:
-            error = _too_small(path, *img.size, side)
-            if error is None:
-                img.draft("RGB", (side, side))  # JPEG: decode at a reduced scale still >= side (much faster)
-                fitted = ImageOps.fit(img.convert("RGB"), (side, side), method=Image.Resampling.BILINEAR)
-                return np.asarray(fitted, dtype=np.uint8)
-    except _DECODE_ERRORS as exc:
-        raise DataError(f"cannot decode image {path}: {first_words(exc)}") from None
-    raise DataError(error)
-
-
-def decode_image(path: str, size: tuple[int, int]) -> torch.Tensor:
-    """One image file as uint8 ``[3, H, W]``: RGB, shorter side scaled to fit, center-cropped to ``size``."""
-    height, width = size
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (width, height))  # JPEG: decode at a reduced scale still >= size (much faster)
-            img = ImageOps.fit(img.convert("RGB"), (width, height), method=Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except _DECODE_ERRORS as exc:
-        raise DataError(f"cannot decode image {path}: {first_words(exc)}") from None
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
-class PathDataset(Dataset):
-    """Decodes ``paths[i]`` to uint8 ``[3, H, W]`` in a DataLoader's worker processes.
-
-    A file that cannot be decoded comes back as its error message (see :func:`collate_images`) rather than as an
-    exception: an exception crossing the process boundary would lose its one-line message and keep the workers
-    alive until garbage collection.
-    """
-
-    def __init__(self, paths: list[str], size: tuple[int, int]) -> None:
-        self.paths = paths
-        self.size = size
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> torch.Tensor | str:
-        try:
-            return decode_image(self.paths[index], self.size)
-        except DataError as exc:
-            return str(exc)
-
-
-def collate_images(items: list[torch.Tensor | str]) -> torch.Tensor | str:
-    """Stack decoded images into a batch, or pass on the first decoding error message."""
-    errors = [item for item in items if isinstance(item, str)]
-    return errors[0] if errors else torch.stack(items)  # type: ignore[arg-type]
-
-
-def path_loader(paths: list[str], size: tuple[int, int], workers: int, **kwargs) -> DataLoader:
-    """A DataLoader over decoded images; iterate it with :func:`checked`."""
-    return DataLoader(PathDataset(paths, size), num_workers=workers, collate_fn=collate_images, **kwargs)
-
-
-def checked(batch: torch.Tensor | str) -> torch.Tensor:
-    """A batch from :func:`path_loader`, raising the DataError a worker passed on."""
-    if isinstance(batch, str):
-        raise DataError(batch)
-    return batch
-
-
-def decode_all(paths: list[str], size: tuple[int, int], workers: int = 0,
-               min_parallel: int = _PARALLEL_DECODE_MIN) -> torch.Tensor:
-    """All images decoded into one uint8 ``[N, 3, H, W]`` tensor (by worker processes for ``min_parallel``+ files)."""
-    out = torch.empty((len(paths), 3, *size), dtype=torch.uint8)
-    if workers > 0 and len(paths) >= min_parallel:
-        start = 0
-        for batch in path_loader(paths, size, workers, batch_size=256, shuffle=False):
-            out[start:start + len(batch)] = checked(batch)
-            start += len(batch)
-    else:
-        for i, path in enumerate(paths):
-            out[i] = decode_image(path, size)
-    return out
 
 
 @DATASETS.register("imagefolder")

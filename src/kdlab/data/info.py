@@ -10,6 +10,8 @@ from typing import Optional, Sequence, Union
 
 import torch
 
+from kdlab.data.decode import decode_all
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
@@ -39,7 +41,7 @@ class ImageSet:
     """Labelled images: either decoded in memory (``images``) or files on disk (``paths``).
 
     ``images`` is uint8 ``[N, C, H, W]``; ``paths`` images are decoded to ``decode_size`` (H, W) with
-    ``decode_channels`` channels by :mod:`kdlab.data.imagefolder`. Treat an ImageSet as immutable: its fingerprint
+    ``decode_channels`` channels by :mod:`kdlab.data.decode`. Treat an ImageSet as immutable: its fingerprint
     and decoded copy are cached.
     """
 
@@ -131,8 +133,6 @@ class ImageSet:
         if self.images is not None:
             return self
         if self._decoded is None:
-            from kdlab.data.imagefolder import decode_all  # here: imagefolder imports this module
-
             assert self.decode_size is not None and self.paths is not None
             images = decode_all(self.paths, self.decode_size, workers=workers)
             self._decoded = ImageSet(self.labels, images=images)

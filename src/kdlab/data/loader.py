@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Iterator, Optional, Sequence
 
 import torch
@@ -28,11 +27,12 @@ import torch
 from kdlab.batch import Batch
 from kdlab.config import DataConfig
 from kdlab.data.augment import AugmentPlan, normalization
+from kdlab.data.checks import check_data_config
 from kdlab.data.custom import DatasetLoader, DatasetSplit
+from kdlab.data.diskcache import open_cache
 from kdlab.data.info import DatasetInfo, ImageSet
 from kdlab.data.recipes import Recipe, resolve_recipe
-from kdlab.data.shard import rank_slice
-from kdlab.data.splits import check_data_config
+from kdlab.data.shard import epoch_generator, rank_slice
 from kdlab.data.stream import ArraySource, BaseSource, FileSource, ViewBatch, ViewDataset, decode_bases, view_loader
 from kdlab.errors import ConfigError, DataError
 
@@ -47,12 +47,6 @@ def memory_budget() -> int:
     except (ValueError, OSError, AttributeError):
         ram = 8 * MEMORY_BUDGET
     return min(MEMORY_BUDGET, ram // 8)
-
-
-def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
-    """A CPU generator for (seed, epoch), hashed so nearby pairs give unrelated streams."""
-    digest = hashlib.sha256(f"kdlab-{stream}:{seed}:{epoch}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 @dataclass
@@ -124,8 +118,6 @@ class BatchLoader:
         split, side = self.split, self.recipe.base
         assert split.paths is not None
         if self.cache == "disk":
-            from kdlab.data.diskcache import open_cache
-
             if split.folder is None:
                 raise ConfigError("config key 'dataset.cache': disk applies to image folders loaded by kdlab")
             source = open_cache(split.folder, split.paths, side, cfg.cache_dir, cfg.workers, split.folder_fingerprint)
@@ -229,8 +221,11 @@ class BatchLoader:
         view k is drawn from (split_seed, k) alone, so every training seed shares the same K views."""
         draws = [self.plan.draw(len(self.split), epoch_generator(self.split_seed, k, "views"))
                  for k in range(self.fixed_views)]
-        offsets = torch.stack([d[0] for d in draws]) if draws and draws[0][0] is not None else None
-        flips = torch.stack([d[1] for d in draws]) if draws and draws[0][1] is not None else None
+        # the plan draws offsets (flips) for every view or for none
+        view_offsets = [d[0] for d in draws if d[0] is not None]
+        view_flips = [d[1] for d in draws if d[1] is not None]
+        offsets = torch.stack(view_offsets) if view_offsets else None
+        flips = torch.stack(view_flips) if view_flips else None
         return offsets, flips
 
     def view_batches(self, k: int, batch_size: int, chunks: Optional[Sequence[int]] = None) -> Iterator[Batch]:
@@ -349,8 +344,8 @@ def _to(t: Optional[torch.Tensor], device: torch.device) -> Optional[torch.Tenso
     return t.to(device) if t is not None else None
 
 
-def make_loader(split, info: DatasetInfo, cfg: DataConfig, *, train: bool, device: torch.device,
-                seed: int = 0):
+def make_loader(split: ImageSet | DatasetSplit, info: DatasetInfo, cfg: DataConfig, *, train: bool,
+                device: torch.device, seed: int = 0) -> BatchLoader | DatasetLoader:
     """A :class:`BatchLoader` over an ImageSet (see the module docstring for its guarantees), or a
     :class:`~kdlab.data.custom.DatasetLoader` over a user Dataset's split."""
     if isinstance(split, DatasetSplit):

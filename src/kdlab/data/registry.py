@@ -8,10 +8,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from kdlab.config import DataConfig
-from kdlab.data.info import RawDataset
 from kdlab.registry import Registry
 
-Loader = Callable[[DataConfig], RawDataset]
+# A registered loader takes the DataConfig and returns a RawDataset; a plug-in's dataset function (``module:name``) may
+# take no argument and may return the user's Dataset objects instead (see :func:`load_dataset`).
+Loader = Callable[..., Any]
 
 
 class DatasetRegistry(Registry[Loader]):

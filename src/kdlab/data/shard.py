@@ -1,6 +1,17 @@
-"""A rank's part of a global batch, for one run over several processes (see ``kdlab.engine.distributed``)."""
+"""An epoch's order of samples: drawn from a generator seeded by (seed, epoch), and split between the processes of
+one run (each rank takes its part of every global batch, see ``kdlab.engine.distributed``)."""
 
 from __future__ import annotations
+
+import hashlib
+
+import torch
+
+
+def epoch_generator(seed: int, epoch: int, stream: str = "stream") -> torch.Generator:
+    """A CPU generator for (seed, epoch), hashed so nearby pairs give unrelated streams."""
+    digest = hashlib.sha256(f"kdlab-{stream}:{seed}:{epoch}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 def rank_slice(start: int, stop: int, shard: tuple[int, int]) -> slice:

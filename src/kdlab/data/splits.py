@@ -9,8 +9,10 @@ from typing import Any, Union
 import torch
 
 from kdlab.config import DataConfig
+from kdlab.data.checks import check_data_config
 from kdlab.data.custom import DatasetSplit, as_split, data_parts, object_info
 from kdlab.data.fingerprint import is_hf_dataset
+from kdlab.data.hf import wrap_hf
 from kdlab.data.info import DatasetInfo, ImageSet, RawDataset
 from kdlab.data.registry import load_dataset
 from kdlab.errors import ConfigError, DataError
@@ -27,21 +29,6 @@ class Splits:
     val: Split
     test: Split
     fingerprint: str  # short hash of the dataset name and all three splits' contents (kdlab.data.fingerprint)
-
-
-def check_data_config(cfg: DataConfig) -> None:
-    """Reject values no loader can use, naming the key (ConfigError, one line)."""
-    if not 0.0 <= cfg.val_ratio < 1.0:
-        raise ConfigError(f"config key 'dataset.val_ratio': expected a number in [0, 1), got {cfg.val_ratio}")
-    for key in ("batch_size", "eval_batch_size", "train_subset", "test_subset", "image_size"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"config key 'dataset.{key}': expected a positive integer, got {value}")
-    for key in ("crop_padding", "workers", "pad"):
-        if getattr(cfg, key) < 0:
-            raise ConfigError(f"config key 'dataset.{key}': expected a non-negative integer, got {getattr(cfg, key)}")
-    if cfg.channels is not None and cfg.channels < 1:
-        raise ConfigError(f"config key 'dataset.channels': expected a positive integer, got {cfg.channels}")
 
 
 def effective_info(info: DatasetInfo, cfg: DataConfig) -> DatasetInfo:
@@ -112,8 +99,6 @@ def load_splits(cfg: DataConfig, data: Any = None) -> Splits:
 def object_splits(data: Any, cfg: DataConfig) -> Splits:
     """Splits of the user's Dataset/DataLoader objects (a validation split is held out of train when none is given)."""
     if is_hf_dataset(data) or (isinstance(data, (tuple, list, dict)) and any(map(is_hf_dataset, _members(data)))):
-        from kdlab.data.hf import wrap_hf  # imports the optional `datasets` package only when given its objects
-
         data = wrap_hf(data, cfg)
     parts = {name: as_split(obj, cfg.image_column, cfg.label_column) for name, obj in data_parts(data).items()}
     _check_train(parts["train"], cfg)

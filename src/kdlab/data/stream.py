@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from kdlab.data.imagefolder import decode_base
+from kdlab.data.decode import decode_base
 from kdlab.data.recipes import Recipe, make_view, sample_rng, view_rng
 from kdlab.errors import DataError
 

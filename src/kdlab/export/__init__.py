@@ -27,7 +27,7 @@ import sys
 import tempfile
 import types
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 
@@ -177,8 +177,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
     get_format(format)
     if int8 and format != "onnx":
         raise KdlabError(f"int8 quantization is for the onnx format (onnxruntime); got --format {format}")
-
-    device = resolve_device(device)
+    torch_device = resolve_device(device)
     src = load_source(source, imports, trust_code)
     path = destination(src, format, out)
     _check_writable(path.parent)
@@ -191,7 +190,7 @@ def export(source: str | Path, format: str = "onnx", out: str | Path | None = No
                     "input_name": INPUT_NAME, "output_name": OUTPUT_NAME, "input_shape": list(src.input_shape),
                     "mean": list(src.normalization[0]), "std": list(src.normalization[1]),
                     "resize": list(src.resize) if src.resize else None, "int8_file": None}
-    fp32, logits = _fp32(src, format, path, device, verify_images, threads, onnx_exporter)
+    fp32, logits = _fp32(src, format, path, torch_device, verify_images, threads, onnx_exporter)
     result.update(fp32)
     int8_path = path.with_name(f"{path.stem}.int8{path.suffix}")
     if int8:
@@ -271,7 +270,7 @@ def _cached(run_dir: str | Path, fmt: str, int8: bool) -> Optional[dict]:
 class _CallableModule(types.ModuleType):
     """``kdlab.export(...)`` calls :func:`export` while ``kdlab.export`` stays this package."""
 
-    def __call__(self, *args, **kwargs) -> dict:
+    def __call__(self, *args: Any, **kwargs: Any) -> dict:
         return export(*args, **kwargs)
 
 

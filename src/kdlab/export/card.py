@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from kdlab import files
+from kdlab.export.source import Source
 
 CARD_MD, CARD_JSON = "MODEL_CARD.md", "model_card.json"
 
@@ -25,7 +26,7 @@ def _training(source) -> dict:
             "config_found": bool(cfg)}
 
 
-def card_data(source, result: dict) -> dict:
+def card_data(source: Source, result: dict) -> dict:
     """The card as a JSON-friendly dict, from the loaded source and the export's flat result."""
     meta = source.meta
     metrics = {"fp32": {k: result.get(k) for k in ("test_top1", "test_ece", "test_n", "size_mb", "latency_b1_ms",
@@ -128,7 +129,7 @@ def card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
-def write_card(directory: Path, source, result: dict) -> dict[str, str]:
+def write_card(directory: Path, source: Source, result: dict) -> dict[str, str]:
     card = card_data(source, result)
     files.write_json(directory / CARD_JSON, card)
     files.write_text(directory / CARD_MD, card_markdown(card))

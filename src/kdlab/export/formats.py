@@ -29,7 +29,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator, cast
 
 import numpy as np
 import torch
@@ -75,6 +75,9 @@ class MatmulAdaptivePool(nn.Module):
     of ``cnn_small``'s ONNX run time; two MatMuls are cheap and quantize.
     """
 
+    rows: Tensor  # buffers
+    cols_t: Tensor
+
     def __init__(self, in_hw: tuple[int, int], out_hw: tuple[int, int]) -> None:
         super().__init__()
         self.register_buffer("rows", _pool_matrix(in_hw[0], out_hw[0]))
@@ -112,9 +115,11 @@ def export_friendly(module: nn.Module, example: Tensor) -> nn.Module:
             hook.remove()
     uneven = {}
     for name, in_hw in seen.items():
-        size = module.get_submodule(name).output_size
-        out_hw = tuple(s if s is not None else i
-                       for s, i in zip((size, size) if isinstance(size, int) else size, in_hw))
+        pool = module.get_submodule(name)
+        assert isinstance(pool, nn.AdaptiveAvgPool2d)  # only those are hooked
+        size = pool.output_size
+        wanted = size if isinstance(size, tuple) else (size, size)
+        out_hw = (wanted[0] if wanted[0] is not None else in_hw[0], wanted[1] if wanted[1] is not None else in_hw[1])
         if any(i % o for i, o in zip(in_hw, out_hw)):
             uneven[name] = MatmulAdaptivePool(in_hw, out_hw)
     if not uneven:
@@ -131,6 +136,7 @@ def _onnx_dynamo(module: nn.Module, example: Tensor):
     program = torch.onnx.export(module, (example,), None, dynamo=True, opset_version=ONNX_OPSET, external_data=False,
                                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], optimize=True, verbose=False,
                                 dynamic_shapes={"pixels": {0: batch}})
+    assert program is not None  # with dynamo=True, export returns the program
     return program.model_proto
 
 
@@ -139,8 +145,10 @@ def _onnx_legacy(module: nn.Module, example: Tensor):
     import onnx
 
     buffer = io.BytesIO()
-    torch.onnx.export(module, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=[INPUT_NAME],
-                      output_names=[OUTPUT_NAME], dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+    # cast: torch annotates the destination as a path, but its legacy exporter also writes to a binary file object
+    torch.onnx.export(module, (example,), cast(Any, buffer), dynamo=False, opset_version=ONNX_OPSET,
+                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     return onnx.load_from_string(buffer.getvalue())
 
 
@@ -184,7 +192,7 @@ def read_onnx_metadata(path: Path) -> dict[str, str]:
     return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int) -> Any:
     """An onnxruntime CPU session with ``threads`` intra-op threads (and one inter-op thread)."""
     # optional package (the export extra): imported when exporting
     import onnxruntime as ort

@@ -15,12 +15,14 @@ The settings, measured on this lab's CPU (AMD EPYC, AVX2 without VNNI), one ORT 
 from __future__ import annotations
 
 import tempfile
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from kdlab.errors import KdlabError
 from kdlab.export.formats import INPUT_NAME, first_line
+from kdlab.export.source import Source
 from kdlab.files import atomic_write
 
 CALIBRATION_IMAGES = 512
@@ -29,7 +31,7 @@ INT8_MAX_DROP = 5.0  # points of test top-1 below the fp32 export past which the
 QUANT_FORMAT = "QDQ"
 
 
-def calibration_pixels(source, images: int = CALIBRATION_IMAGES) -> np.ndarray:
+def calibration_pixels(source: Source, images: int = CALIBRATION_IMAGES) -> np.ndarray:
     """Pixels of ``images`` training images spread evenly over the training split."""
     batches = [x.numpy() for x, _ in source.batches("train", images, spread=True)]
     if not batches:
@@ -73,7 +75,7 @@ def quantize_onnx(fp32: Path, out: Path, pixels: np.ndarray, model_name: str, qu
             "int8_quantized_ops": quantized_ops}
 
 
-def count_int8_compute(proto) -> int:
+def count_int8_compute(proto: Any) -> int:
     """Convolutions and matrix products that run in int8: QOperator's QLinear ops, or (QDQ) those fed by a
     DequantizeLinear, which onnxruntime fuses into an int8 kernel."""
     nodes = proto.graph.node

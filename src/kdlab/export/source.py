@@ -12,7 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 import torch
 from safetensors import SafetensorError
@@ -24,9 +24,15 @@ from kdlab.errors import CheckpointError, KdlabError
 from kdlab.models.saved import load_model
 from kdlab.rundir import RunDir
 
+if TYPE_CHECKING:
+    from kdlab.data import Splits
+
 
 class Deployable(nn.Module):
     """``model((pixels - mean) / std)`` as one module: the function every export format holds."""
+
+    scale: Tensor  # buffers
+    shift: Tensor
 
     def __init__(self, model: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
         super().__init__()
@@ -52,11 +58,13 @@ class Source:
     data: DataConfig  # the settings the run evaluated with
 
     @cached_property
-    def splits(self):
+    def splits(self) -> Splits:
+
         return load_splits(self.data)
 
     @cached_property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+
         return normalization(self.splits.info, self.data.normalize)
 
     @cached_property
@@ -74,8 +82,13 @@ class Source:
         return Deployable(self.model, mean, std).eval()
 
     def _loader(self, split, pixels: bool, device: str | torch.device = "cpu"):
+        from kdlab.data import BatchLoader  # (start-up: kdlab.data only when images are needed)
+
         loader = make_loader(split, self.splits.info, self.data, train=False, device=torch.device(device))
         if pixels:  # the same views, left as pixels in [0, 1]: scale 1/255, no shift
+            if not isinstance(loader, BatchLoader):
+                raise KdlabError(f"dataset {self.data.name!r}: its images are the user's Dataset objects, normalized "
+                                 f"by their own transform; exporting needs a dataset kdlab loads (pixels in [0, 1])")
             loader.plan = dataclasses.replace(loader.plan, scale=torch.full_like(loader.plan.scale, 1.0 / 255.0),
                                               shift=torch.zeros_like(loader.plan.shift))
         return loader
@@ -97,9 +110,11 @@ def load_source(source: str | Path, allowed_imports: Iterable[str] = (), trust_c
 
     ``allowed_imports`` / ``trust_code``: the plug-in modules the file's metadata may import (see
     :func:`kdlab.models.saved.load_model`)."""
+
     path = Path(source)
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
+    run: RunDir | None
     if path.is_dir():
         run = RunDir(path)
         if not run.finished():

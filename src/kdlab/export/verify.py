@@ -18,12 +18,14 @@ import torch
 from kdlab.errors import KdlabError
 from kdlab.export.formats import Predictor
 from kdlab.report.calibration import expected_calibration_error
+from kdlab.export.source import Source
 
 FP32_RTOL = 1e-3
 VERIFY_IMAGES = 256
 
 
-def reference(source, limit: int = VERIFY_IMAGES, device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+def reference(source: Source, limit: int = VERIFY_IMAGES,
+              device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
     """(pixels, PyTorch logits) of the first ``limit`` test images: the model on the loader's normalized views."""
     model = source.model.to(device)
     pixels, logits = [], []

@@ -16,13 +16,13 @@ import logging
 import os
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.errors import ConfigError
-from kdlab.models.registry import MODELS
+from kdlab.models.registry import EXTERNAL, MODELS
 from kdlab.models.resnet import RESNET_STAGES
 from kdlab.models.weights import load_pretrained
 
@@ -59,6 +59,11 @@ def _unknown(library: str, arch: str, known: list[str]) -> ConfigError:
     return ConfigError(f"{library} has no model {arch!r}{hint}")
 
 
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's size attribute (always two numbers; torch types it as any length)."""
+    return size[0], size[1]
+
+
 def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
     """Swap the first 3-channel ``nn.Conv2d`` for a fresh one taking ``in_channels``, other settings unchanged."""
     name = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.in_channels == 3), None)
@@ -66,9 +71,10 @@ def _replace_first_conv(model: nn.Module, in_channels: int) -> None:
         raise ConfigError(f"cannot set in_channels={in_channels}: {type(model).__name__} has no 3-channel Conv2d")
     old = model.get_submodule(name)
     assert isinstance(old, nn.Conv2d)
+    padding = old.padding if isinstance(old.padding, str) else _pair(old.padding)
     new = nn.Conv2d(
-        in_channels, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation, old.groups,
-        bias=old.bias is not None, padding_mode=old.padding_mode,
+        in_channels, old.out_channels, _pair(old.kernel_size), _pair(old.stride), padding, _pair(old.dilation),
+        old.groups, bias=old.bias is not None, padding_mode=old.padding_mode,
     )
     nn.init.kaiming_normal_(new.weight, mode="fan_out", nonlinearity="relu")  # torchvision's conv initialization
     parent_name, _, child = name.rpartition(".")
@@ -207,9 +213,14 @@ def create_external_model(
         raise ConfigError("pretrained must be a weights file, torchvision or timm")
     build = _torchvision_model if library == "torchvision" else _timm_model
     model = build(arch, num_classes, in_channels, kwargs)
-    model.stage_names = resolve_stage_names(model, in_channels)
+    # cast: torch types Module.__setattr__ for tensors and modules only; a plain attribute is set as on any object
+    cast(Any, model).stage_names = resolve_stage_names(model, in_channels)
     if not model.stage_names:
         log.warning("could not find stages of %s; feature-based distillation will not work with it", name)
     if pretrained is not None:
         load_pretrained(model, pretrained, arch=name)
     return model
+
+
+EXTERNAL.register("torchvision")(create_external_model)
+EXTERNAL.register("timm")(create_external_model)

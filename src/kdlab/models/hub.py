@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from kdlab.errors import CheckpointError, ConfigError
+from kdlab.models.statedict import read_state_dict
 
 HUBS = ("torchvision", "timm")
 
@@ -102,7 +103,7 @@ def _torchvision_state(arch: str) -> Mapping[str, Tensor]:
         raise CheckpointError(f"model.pretrained=torchvision: torchvision is not importable and its {tv_arch} weights "
                               f"are not in the cache ({torch_hub_dir() / expected}); install torchvision on a "
                               f"machine with internet, or copy that file there")
-    return _read(found[0])
+    return read_state_dict(found[0])
 
 
 def hf_hub_dir() -> Path:
@@ -131,13 +132,7 @@ def _timm_state(arch: str) -> Mapping[str, Tensor]:
         raise CheckpointError(f"model.pretrained=timm: timm is not importable and no {timm_arch} weights are in the "
                               f"Hugging Face cache ({hf_hub_dir()}/models--timm--{timm_arch}.*); install timm on a "
                               f"machine with internet")
-    return _read(found[-1])
-
-
-def _read(path: Path) -> Mapping[str, Tensor]:
-    from kdlab.models.weights import read_state_dict
-
-    return read_state_dict(path)
+    return read_state_dict(found[-1])
 
 
 def hub_state_dict(hub: str, arch: str) -> Mapping[str, Tensor]:

@@ -6,12 +6,14 @@ feature-based methods can hook them (``model.get_submodule(name)``); a user's mo
 layer names from ``method.student_layers`` / ``method.teacher_layers``). A model whose classifier applies dropout may
 also set ``model.pre_logits_name``: the module whose output is the pooled feature before that dropout.
 ``torchvision:NAME`` and ``timm:NAME`` build models from those libraries when they are importable (see
-``kdlab.models.external``); ``module:Name`` builds a plug-in's class or factory.
+``kdlab.models.external``, which registers its builder in :data:`EXTERNAL` under each library's name); ``module:Name``
+builds a plug-in's class or factory.
 """
 
 from __future__ import annotations
 
 import inspect
+from typing import Any, Callable, Mapping
 
 from torch import nn
 
@@ -21,21 +23,23 @@ from kdlab.registry import Registry
 
 MODELS: Registry = Registry("model")
 EXTERNAL_PREFIXES = ("torchvision:", "timm:")
+# library name -> builder of ``LIBRARY:ARCH`` models: ``build(name, num_classes=, in_channels=, **kwargs)``
+EXTERNAL: Registry[Callable[..., nn.Module]] = Registry("model library")
 
 
-def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs: Any) -> nn.Module:
     """Build a registered model (or ``torchvision:NAME`` / ``timm:NAME`` / ``module:Name``), freshly initialized.
 
     ``num_classes`` and ``in_channels`` are passed when the factory takes them (a plug-in class may take neither);
     other keyword arguments must be the factory's own.
     """
     if name.startswith(EXTERNAL_PREFIXES):
-        from kdlab.models.external import create_external_model
-
-        return create_external_model(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
+        build = EXTERNAL.get(name.partition(":")[0])
+        return build(name, num_classes=num_classes, in_channels=in_channels, **kwargs)
     factory = MODELS.get(name)
     if not callable(factory):
         raise ConfigError(f"model {name!r} is not a class or function")
+    accepted: Mapping[str, inspect.Parameter]
     try:
         accepted = inspect.signature(factory).parameters
         open_kwargs = any(p.kind is p.VAR_KEYWORD for p in accepted.values())

@@ -9,7 +9,7 @@ trained. :func:`load_model` rebuilds the model from that alone, in a new process
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -24,9 +24,10 @@ EVAL_DATA_KEYS = ("name", "root", "val_ratio", "split_seed", "image_size", "norm
                   "train_subset", "test_subset", "eval_batch_size")
 
 
-def model_meta(name: str, kwargs: dict, info, data: dict, imports: list[str] | None = None,
+def model_meta(name: str, kwargs: dict, info: Any, data: dict, imports: list[str] | None = None,
                precision: str | None = None) -> dict:
-    """The metadata stored with every weights file of a run."""
+    """The metadata stored with every weights file of a run (``info``: the run's ``kdlab.data.DatasetInfo``, which
+    models do not import)."""
     return {
         "kdlab_version": kdlab.__version__,
         "model": name,

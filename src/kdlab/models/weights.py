@@ -1,4 +1,5 @@
-"""Read, save and load pretrained weights safely: safetensors, or ``torch.load(weights_only=True)``, never plain pickle.
+"""Load pretrained weights safely: files are read by :mod:`kdlab.models.statedict` (safetensors, or
+``torch.load(weights_only=True)``, never plain pickle), the hubs' weights by :mod:`kdlab.models.hub`.
 
 ``load_pretrained`` loads a torchvision-named state dict into a kdlab model and adapts what differs for a reason:
 
@@ -25,23 +26,18 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from kdlab.errors import CheckpointError, ConfigError
+from kdlab.models.hub import HUBS, hub_state_dict
+from kdlab.models.statedict import few_keys, read_state_dict, save_state_dict, strip_prefixes
+
+__all__ = ["LoadReport", "adapt_first_conv", "load_pretrained", "read_state_dict", "save_state_dict"]
 
 log = logging.getLogger(__name__)
-
-SAFETENSORS_SUFFIXES = (".safetensors",)
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
-WRAPPER_KEYS = ("state_dict", "model", "model_state_dict")
-STRIPPED_PREFIXES = ("module.", "_orig_mod.")  # DistributedDataParallel, torch.compile
-SHOWN_KEYS = 3
 
 
 @dataclass
@@ -53,100 +49,6 @@ class LoadReport:
     skipped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
-def _few(keys: list[str]) -> str:
-    shown = ", ".join(keys[:SHOWN_KEYS])
-    return shown + (", ..." if len(keys) > SHOWN_KEYS else "")
-
-
-def _unknown_format(path: Path) -> CheckpointError:
-    known = ", ".join(SAFETENSORS_SUFFIXES + TORCH_SUFFIXES)
-    return CheckpointError(f"unknown weights format {path.suffix or '(no suffix)'!r} for {path}; use one of: {known}")
-
-
-def _load_raw(path: Path) -> object:
-    suffix = path.suffix.lower()
-    if suffix in SAFETENSORS_SUFFIXES:
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types for truncated or foreign files
-            raise CheckpointError(f"cannot read {path} as safetensors ({_first_line(exc)})") from None
-    if suffix in TORCH_SUFFIXES:
-        try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # torch names the refused object "Unsupported global" (2.4+), "unsupported GLOBAL" (newer) or
-            # "Unsupported class" (older).
-            if not any(word in str(exc).lower() for word in ("unsupported global", "unsupported class")):
-                raise CheckpointError(f"cannot read {path}: not a file torch.save wrote (corrupt or foreign)") from None
-            raise CheckpointError(
-                f"{path} holds Python objects besides tensors; refusing to unpickle it (weights_only=True), "
-                "re-save its state dict or convert it to .safetensors"
-            ) from None
-        except Exception as exc:
-            raise CheckpointError(f"cannot read {path} ({_first_line(exc)})") from None
-    raise _unknown_format(path)
-
-
-def _strip_prefixes(key: str) -> str:
-    stripped = True
-    while stripped:
-        stripped = False
-        for prefix in STRIPPED_PREFIXES:
-            if key.startswith(prefix):
-                key, stripped = key[len(prefix):], True
-    return key
-
-
-def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``torch.save`` file, unwrapping training checkpoints.
-
-    Nesting under ``state_dict``/``model``/``model_state_dict`` is unwrapped and the ``module.`` (DDP) and
-    ``_orig_mod.`` (torch.compile) prefixes are stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    obj = _load_raw(path)
-    for _ in range(len(WRAPPER_KEYS) + 1):  # bounded: nesting is at most a couple of levels in practice
-        if not isinstance(obj, Mapping) or all(isinstance(v, Tensor) for v in obj.values()):
-            break
-        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            break
-        obj = inner
-    if not isinstance(obj, Mapping) or not obj:
-        raise CheckpointError(f"{path} holds no state dict (found {type(obj).__name__})")
-    other = [str(k) for k, v in obj.items() if not isinstance(v, Tensor)]
-    if other:
-        raise CheckpointError(
-            f"{path} holds no state dict: entries {_few(other)} are not tensors and none of "
-            f"{', '.join(WRAPPER_KEYS)} wraps one"
-        )
-    return {_strip_prefixes(str(k)): v for k, v in obj.items()}
-
-
-def save_state_dict(state: nn.Module | Mapping[str, Tensor], path: str | os.PathLike[str]) -> None:
-    """Write a state dict (or a module's) as ``.safetensors`` or, for the torch suffixes, with ``torch.save``."""
-    path = Path(path)
-    tensors = state.state_dict() if isinstance(state, nn.Module) else dict(state)
-    if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors.torch import save_file
-
-        # safetensors refuses views and shared storage; detached contiguous copies are always accepted.
-        save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
-    elif path.suffix.lower() in TORCH_SUFFIXES:
-        torch.save({k: v.detach().clone() for k, v in tensors.items()}, path)
-    else:
-        raise _unknown_format(path)
 
 
 def _area_matrix(n_out: int, n_in: int) -> Tensor:
@@ -243,12 +145,10 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     ``strict=False`` they are only reported. A tensor of the wrong shape outside the first conv and the classifier
     always raises.
     """
-    from kdlab.models.hub import HUBS, hub_state_dict
-
     if str(path) in HUBS:
         if arch is None:
             raise ConfigError(f"model.pretrained={path} needs the model's architecture name")
-        loaded = {_strip_prefixes(k): v for k, v in hub_state_dict(str(path), arch).items()}
+        loaded = {strip_prefixes(k): v for k, v in hub_state_dict(str(path), arch).items()}
         path = f"{path} ImageNet weights"
     else:
         loaded = read_state_dict(path)
@@ -256,7 +156,7 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     fitted, wrong = _fit_to_model(model, loaded, report)
     name = type(model).__name__
     if wrong:
-        raise CheckpointError(f"{path} does not fit {name}: {len(wrong)} tensors have another shape: {_few(wrong)}")
+        raise CheckpointError(f"{path} does not fit {name}: {len(wrong)} tensors have another shape: {few_keys(wrong)}")
     target = model.state_dict()
     # Checkpoints saved before PyTorch 0.4.1 lack BatchNorm's step counter; the fresh zero is what it would be.
     report.missing = [
@@ -265,8 +165,8 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike[str], *, strict: b
     report.unexpected = [k for k in fitted if k not in target]
     if strict and (report.missing or report.unexpected):
         raise CheckpointError(
-            f"{path} does not fit {name}: {len(report.missing)} missing keys ({_few(report.missing) or '-'}), "
-            f"{len(report.unexpected)} unexpected keys ({_few(report.unexpected) or '-'})"
+            f"{path} does not fit {name}: {len(report.missing)} missing keys ({few_keys(report.missing) or '-'}), "
+            f"{len(report.unexpected)} unexpected keys ({few_keys(report.unexpected) or '-'})"
         )
     model.load_state_dict({k: v for k, v in fitted.items() if k in target}, strict=False)
     report.loaded = [k for k in fitted if k in target]

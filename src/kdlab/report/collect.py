@@ -18,7 +18,7 @@ from torch import Tensor
 
 from kdlab import console
 from kdlab.config import DataConfig, from_dict
-from kdlab.data import BatchLoader, load_splits, make_loader
+from kdlab.data import BatchLoader, DatasetLoader, load_splits, make_loader
 from kdlab.engine.evaluate import classification_metrics, predict
 from kdlab.errors import KdlabError
 from kdlab.expdir import ROLES, Manifest, PlannedRun
@@ -53,7 +53,7 @@ class TestData:
         self.splits = splits  # the dataset's splits when the caller has them loaded already
         self.imports = list(imports)  # the plug-in modules the user named: the only ones a weights file may import
         self.trust_code = trust_code
-        self._loader: BatchLoader | None = None
+        self._loader: BatchLoader | DatasetLoader | None = None
 
     def load(self, path: Path, device: torch.device | None = None) -> tuple[torch.nn.Module, dict]:
         """A run's saved weights in a rebuilt model (or in a fresh copy of the given module)."""
@@ -65,7 +65,7 @@ class TestData:
         """What the per-run caches are keyed on, besides the checkpoints."""
         return {k: getattr(self.cfg, k) for k in _TEST_DATA_KEYS}
 
-    def loader(self) -> BatchLoader:
+    def loader(self) -> BatchLoader | DatasetLoader:
         if self._loader is None:
             splits = self.splits or load_splits(self.cfg, data=self.objects)
             self._loader = make_loader(splits.test, splits.info, self.cfg, train=False, device=self.device)

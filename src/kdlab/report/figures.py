@@ -76,8 +76,8 @@ def gains_figure(rows: list[dict], path: Path) -> Path | None:
     gap = 0.02 * span
     for yi, m, ci in zip(y, means, cis):
         right = m >= 0
-        ax.text(m + (ci + gap) * (1 if right else -1), yi, f"{m:+.2f}", va="center", ha="left" if right else "right",
-                fontsize=9)
+        ax.text(m + (ci + gap) * (1 if right else -1), float(yi), f"{m:+.2f}", va="center",
+                ha="left" if right else "right", fontsize=9)
     room = 0.2 * span  # for the labels past the intervals' ends
     ax.set_xlim(lo - (room if (means < 0).any() else 0.05 * span), hi + (room if (means >= 0).any() else 0.05 * span))
     ax.set_yticks(y, [f"{r['label']}  (n={n or r['n_seeds']})" for r, n in zip(rows, ns)])

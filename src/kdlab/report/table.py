@@ -21,7 +21,7 @@ RowKey = tuple[str, str | None, str, str]  # (role, teacher, student, method)
 
 
 # -- statistics -------------------------------------------------------------------------------------------------------
-def mean_std(values: Iterable[float]) -> tuple[float, float]:
+def mean_std(values: Iterable[float | None]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; nan for one value, which has no spread to show; nan, nan for
     none)."""
     arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
