@@ -423,7 +423,12 @@ class TrainConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    teacher: Optional[str] = None  # a kdlab checkpoint (model.safetensors) of the frozen teacher, or its run directory
+    # a kdlab checkpoint (model.safetensors) of the frozen teacher, or its run directory; a list of them: an ensemble
+    # teacher (runs/ensemble.py) whose logits combine theirs, as teacher_mode says
+    teacher: Optional[Union[str, list[str]]] = None
+    teacher_mode: Literal["mean", "confident"] = "mean"  # ensemble: weighted mean of the logits, or per sample the
+    #                                                       logits of the most confident teacher (highest max softmax)
+    teacher_weights: Optional[list[float]] = None  # ensemble, mean: one weight per teacher (default equal)
     imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     epochs: int = 10
     seed: int = 0
@@ -441,3 +446,31 @@ class TrainConfig:
     tracking: Optional[Literal["none", "mlflow"]] = None  # mlflow: params, per-epoch metrics, results and weights
     #                                                       to an MLflow server (the `mlflow` extra); never stops a run
     tracking_uri: Optional[str] = None  # the MLflow server (http://host:5000); None: $MLFLOW_TRACKING_URI
+
+    def __check__(self, prefix: str = "") -> None:
+        """The ensemble keys fit the teachers (checked again once a face or a plan has set ``teacher``)."""
+        check_teachers(self.teacher, self.teacher_weights, self.teacher_mode)
+
+    def teacher_names(self) -> list[str]:
+        """The teacher's checkpoints as a list: [] without a teacher, one, or an ensemble's members in order."""
+        if self.teacher is None:
+            return []
+        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
+
+
+def check_teachers(teacher: Optional[Union[str, list[str]]], weights: Optional[list[float]], mode: str) -> None:
+    """One-line ConfigErrors for ensemble settings that do not fit: an empty list, weights without a list of teachers,
+    of another count, negative or all zero, or weights with ``teacher_mode=confident`` (which picks, not weighs)."""
+    if isinstance(teacher, list) and not teacher:
+        raise ConfigError("config key 'teacher': an empty list; name one teacher or several")
+    if weights is None:
+        return
+    if mode != "mean":
+        raise ConfigError("config key 'teacher_weights': weighs the teachers of teacher_mode=mean; "
+                          f"teacher_mode={mode} picks the most confident teacher per sample")
+    if teacher is not None and not isinstance(teacher, list):
+        raise ConfigError("config key 'teacher_weights': needs a list of teachers (teacher=[a, b])")
+    if isinstance(teacher, list) and len(weights) != len(teacher):
+        raise ConfigError(f"config key 'teacher_weights': {len(weights)} weights for {len(teacher)} teachers")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"config key 'teacher_weights': weights are >= 0 with a positive sum, got {weights}")
