@@ -105,3 +105,74 @@ def test_two_teachers_from_the_api_and_the_run_key_follows_every_teacher(tmp_pat
                              teacher_weights=[2, 1], **_common(tmp_path))
     assert len({first.run_dir, changed.run_dir, weighted.run_dir}) == 3
     assert 0 <= first.metrics["test_top1"] <= 100
+
+
+def _experiment(tmp_path, root, extra: str = "") -> Path:
+    path = tmp_path / "ens.yaml"
+    path.write_text(f"""name: ens
+out_dir: {tmp_path / 'exp'}
+dataset: {{name: fashion_mnist, root: {root}, batch_size: 50}}
+seeds: [0]
+teachers: [{{name: cnn_tiny, label: a}}, {{name: cnn_small, label: b}}]
+ensembles: [{{label: ens, teachers: [a, b], mode: confident}}]
+students: [{{name: cnn_tiny, label: s}}]
+methods: [kd, {{name: at, label: at-ens, via: ens, teacher_layers: [t0.block2], student_layers: [block2]}}]
+teacher_schedule: {{epochs: 1, optim: {{lr: 0.05}}}}
+student_schedule: {{epochs: 1, optim: {{lr: 0.05}}}}
+progress: false
+device: cpu
+{extra}""")
+    return path
+
+
+def test_an_experiment_distils_a_student_from_an_ensemble_of_its_teacher_runs(tmp_path, fmnist):
+    from kdlab.experiments.config import load_experiment_file
+    from kdlab.experiments.plan import expand, teacher_sources
+    from kdlab.scale import run_experiment
+
+    exp = load_experiment_file(_experiment(tmp_path, fmnist))
+    summary = run_experiment(exp)
+    assert not summary["failed"]
+    plan = expand(exp, "fp")
+    students = {(s.method, s.teacher): s for s in plan if s.role == "student"}
+    assert set(students) == {("kd", "a"), ("kd", "b"), ("kd", "ens(a+b)"), ("at-ens", "ens(a+b)")}
+    ens = students[("kd", "ens(a+b)")]
+    assert [t.student for t in teacher_sources(ens)] == ["a", "b"]
+    assert ens.cfg.teacher == [str(t.model_path) for t in teacher_sources(ens)]
+    manifest = json.loads((exp.directory / "manifest.json").read_text())
+    assert {r["teacher"] for r in manifest["runs"] if r["role"] == "student"} == {"a", "b", "ens(a+b)"}
+    rows = [r for r in manifest["runs"] if r["role"] == "student"]
+    assert len(rows) == 4 and all((exp.directory / r["run_dir"] / "result.json").is_file() for r in rows)
+    ensemble_run = next(exp.directory / r["run_dir"] for r in rows if r["method"] == "kd" and r["teacher"] != "a"
+                        and r["teacher"] != "b")
+    identity = json.loads((ensemble_run / "identity.json").read_text())
+    assert identity["teacher"]["mode"] == "confident" and len(identity["teacher"]["teachers"]) == 2
+
+
+def test_changing_one_member_changes_the_ensembles_run_keys(tmp_path, fmnist):
+    from kdlab.experiments.config import load_experiment_file
+    from kdlab.experiments.plan import expand
+
+    def keys(*overrides):
+        plan = expand(load_experiment_file(_experiment(tmp_path, fmnist), list(overrides)), "fp")
+        return {(s.method, s.teacher): s.key for s in plan if s.role == "student"}
+
+    before, after = keys(), keys("teacher_schedule.optim.lr=0.02")
+    assert all(before[k] != after[k] for k in before)  # every teacher changed
+    weighted = keys("ensembles=[{label: ens, teachers: [a, b], weights: [2, 1]}]")
+    assert weighted[("kd", "a")] == before[("kd", "a")] and weighted[("kd", "ens(a+b)")] != before[("kd", "ens(a+b)")]
+
+
+@pytest.mark.parametrize("entry, fragment", [
+    ("[{teachers: [a]}]", "two or more distinct teachers"),
+    ("[{teachers: [a, zz]}]", "'zz' is no teacher's label"),
+    ("[{label: a, teachers: [a, b]}]", "also a teacher's"),
+    ("[{teachers: [a, b], weights: [1]}]", "1 weights for 2 teachers"),
+])
+def test_bad_ensembles_are_one_line_errors(tmp_path, fmnist, entry, fragment):
+    from kdlab.experiments.config import load_experiment_file
+    from kdlab.experiments.plan import validate
+
+    with pytest.raises(ConfigError, match=fragment) as info:
+        validate(load_experiment_file(_experiment(tmp_path, fmnist), [f"ensembles={entry}", "methods=[kd]"]))
+    assert len(str(info.value).splitlines()) == 1
