@@ -16,6 +16,7 @@ from kdlab.config import TrainConfig, from_dict
 from kdlab.errors import ConfigError
 from kdlab.methods import build_method
 from kdlab.runs.ensemble import EnsembleTeacher, ensemble_logits
+from kdlab.runs.identity import resolve_config
 
 
 def _data(root) -> dict:
@@ -63,7 +64,7 @@ def test_ensemble_settings_are_checked_in_one_line():
                             "teacher_mode=mean"),
                            ({"teacher": []}, "empty list")]:
         with pytest.raises(ConfigError, match=fragment) as info:
-            from_dict(TrainConfig, tree)
+            resolve_config(from_dict(TrainConfig, {"method": "kd", **tree}))
         assert len(str(info.value).splitlines()) == 1
 
 

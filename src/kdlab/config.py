@@ -446,31 +446,3 @@ class TrainConfig:
     tracking: Optional[Literal["none", "mlflow"]] = None  # mlflow: params, per-epoch metrics, results and weights
     #                                                       to an MLflow server (the `mlflow` extra); never stops a run
     tracking_uri: Optional[str] = None  # the MLflow server (http://host:5000); None: $MLFLOW_TRACKING_URI
-
-    def __check__(self, prefix: str = "") -> None:
-        """The ensemble keys fit the teachers (checked again once a face or a plan has set ``teacher``)."""
-        check_teachers(self.teacher, self.teacher_weights, self.teacher_mode)
-
-    def teacher_names(self) -> list[str]:
-        """The teacher's checkpoints as a list: [] without a teacher, one, or an ensemble's members in order."""
-        if self.teacher is None:
-            return []
-        return [self.teacher] if isinstance(self.teacher, str) else list(self.teacher)
-
-
-def check_teachers(teacher: Optional[Union[str, list[str]]], weights: Optional[list[float]], mode: str) -> None:
-    """One-line ConfigErrors for ensemble settings that do not fit: an empty list, weights without a list of teachers,
-    of another count, negative or all zero, or weights with ``teacher_mode=confident`` (which picks, not weighs)."""
-    if isinstance(teacher, list) and not teacher:
-        raise ConfigError("config key 'teacher': an empty list; name one teacher or several")
-    if weights is None:
-        return
-    if mode != "mean":
-        raise ConfigError("config key 'teacher_weights': weighs the teachers of teacher_mode=mean; "
-                          f"teacher_mode={mode} picks the most confident teacher per sample")
-    if teacher is not None and not isinstance(teacher, list):
-        raise ConfigError("config key 'teacher_weights': needs a list of teachers (teacher=[a, b])")
-    if isinstance(teacher, list) and len(weights) != len(teacher):
-        raise ConfigError(f"config key 'teacher_weights': {len(weights)} weights for {len(teacher)} teachers")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ConfigError(f"config key 'teacher_weights': weights are >= 0 with a positive sum, got {weights}")

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from kdlab.config import MethodConfig, ModelConfig, TrainConfig, check_plain_name, check_teachers
+from kdlab.config import MethodConfig, ModelConfig, TrainConfig, check_plain_name
 from kdlab.errors import ConfigError
 from kdlab.expdir import ExperimentDir, PlannedRun
 from kdlab.experiments.config import EnsembleEntry, ExperimentConfig, MethodEntry, ModelEntry, Schedule
@@ -28,6 +28,7 @@ from kdlab.methods.base import Method
 from kdlab.methods.factory import method_class
 from kdlab.plugins import import_modules
 from kdlab.rundir import weights_file
+from kdlab.runs.ensemble import check_teachers
 from kdlab.runs.identity import resolve_config, run_key
 from kdlab.runs.live import Live, plugin_identity
 

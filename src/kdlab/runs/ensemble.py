@@ -17,7 +17,7 @@ and a 28-px one each see the student's batch as they were trained on it.
 
 from __future__ import annotations
 
-from typing import Literal, Optional, Sequence
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,31 @@ def normalized_weights(weights: Optional[Sequence[float]], count: int) -> list[f
         raise ConfigError(f"config key 'teacher_weights': weights are >= 0 with a positive sum, got {list(weights)}")
     total = float(sum(weights))
     return [float(w) / total for w in weights]
+
+
+def check_teachers(teacher: Union[str, list[str], None], weights: Optional[list[float]], mode: str) -> None:
+    """One-line ConfigErrors for ensemble settings that do not fit: an empty list, weights without a list of teachers,
+    of another count, negative or all zero, or weights with ``teacher_mode=confident`` (which picks, not weighs)."""
+    if isinstance(teacher, list) and not teacher:
+        raise ConfigError("config key 'teacher': an empty list; name one teacher or several")
+    if weights is None:
+        return
+    if mode != "mean":
+        raise ConfigError("config key 'teacher_weights': weighs the teachers of teacher_mode=mean; "
+                          f"teacher_mode={mode} picks the most confident teacher per sample")
+    if teacher is not None and not isinstance(teacher, list):
+        raise ConfigError("config key 'teacher_weights': needs a list of teachers (teacher=[a, b])")
+    if isinstance(teacher, list) and len(weights) != len(teacher):
+        raise ConfigError(f"config key 'teacher_weights': {len(weights)} weights for {len(teacher)} teachers")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ConfigError(f"config key 'teacher_weights': weights are >= 0 with a positive sum, got {weights}")
+
+
+def teacher_names(teacher: Union[str, list[str], None]) -> list[str]:
+    """A config's ``teacher`` as a list: [] without a teacher, one, or an ensemble's members in order."""
+    if teacher is None:
+        return []
+    return [teacher] if isinstance(teacher, str) else list(teacher)
 
 
 def ensemble_logits(logits: Sequence[Tensor], weights: Sequence[float], mode: str) -> Tensor:
@@ -124,7 +149,7 @@ def fold_teacher(teacher: nn.Module, keep: set[str]) -> nn.Module:
     return fold_batchnorm(teacher, keep=keep)
 
 
-def ensemble_identity(member_ids: Sequence[Optional[str]], weights: Optional[Sequence[float]], mode: str) -> dict:
+def ensemble_identity(member_ids: Sequence[object], weights: Optional[Sequence[float]], mode: str) -> dict:
     """What an ensemble teacher is, for a run's identity and key: its members' identities (their weights' hashes),
     in order, the mode and the normalized weights (of ``mean``)."""
     return {"teachers": list(member_ids), "mode": mode,

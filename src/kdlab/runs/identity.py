@@ -20,7 +20,7 @@ from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS, canonical_kwargs
 from kdlab.models.saved import resolve_checkpoint
 from kdlab.plugins import import_modules, module_names
 from kdlab.rundir import RunDir
-from kdlab.runs.ensemble import ensemble_identity
+from kdlab.runs.ensemble import check_teachers, ensemble_identity
 from kdlab.runs.live import Live, plugin_identity
 
 
@@ -38,6 +38,7 @@ def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
     params = parse_method_params(method, cfg.method.params)
     if cfg.epochs < 1:
         raise ConfigError("config key 'epochs': must be at least 1")
+    check_teachers(cfg.teacher, cfg.teacher_weights, cfg.teacher_mode)
     model = replace(cfg.model, kwargs=canonical_kwargs(cfg.model.name, cfg.model.kwargs))
     return replace(cfg, model=model, method=replace(cfg.method, params=to_dict(params)))
 

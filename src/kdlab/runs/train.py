@@ -20,7 +20,7 @@ import yaml
 
 import kdlab
 from kdlab import files
-from kdlab.config import TrainConfig, check_teachers, to_dict
+from kdlab.config import TrainConfig, to_dict
 from kdlab.console import log
 from kdlab.data import DatasetInfo, Splits, load_splits, make_loader
 from kdlab.engine import distributed
@@ -36,7 +36,7 @@ from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
 from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_identity, saved_imports
 from kdlab.rundir import RunDir
-from kdlab.runs.ensemble import EnsembleTeacher, fold_teacher
+from kdlab.runs.ensemble import EnsembleTeacher, check_teachers, fold_teacher, teacher_names
 from kdlab.runs.evaluate import check_saved
 from kdlab.runs.live import Live
 from kdlab.runs.views import InputView, data_view, declared_view, give_view, recorded_view
@@ -87,7 +87,7 @@ def load_teachers(cfg: TrainConfig, info: DatasetInfo, device: torch.device,
                   live: Live) -> tuple[torch.nn.Module | None, InputView | None]:
     """The run's frozen teacher and its input view (:func:`load_teacher`); with a list of teachers, an
     :class:`~kdlab.runs.ensemble.EnsembleTeacher` of them, each keeping its own view (the ensemble's is None)."""
-    names = cfg.teacher_names()
+    names = teacher_names(cfg.teacher)
     if not names:
         return None, None
     if len(names) == 1:
@@ -235,6 +235,7 @@ def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: Tr
     check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}", num_classes)
     if method.teacher is not None:
         who = f"teacher {cfg.teacher}"
+        lines: list[str | None]
         if isinstance(method.teacher, EnsembleTeacher):  # each member its own view
             who = f"teacher {method.teacher.describe()}"
             lines = [who, *method.teacher.give_views(view, batch.images)]
