@@ -56,7 +56,11 @@ def train(model: Any = "resnet20", data: Any = "fashion_mnist", *, method: Any =
 
 def distill(student: Any, teacher: Any, method: Any = "kd", data: Any = "fashion_mnist", *, trust_code: bool = False,
             **settings: Any) -> Run:
-    """Distill ``teacher`` (frozen, in eval mode) into ``student`` with ``method``; see :func:`train`."""
+    """Distill ``teacher`` (frozen, in eval mode) into ``student`` with ``method``; see :func:`train`.
+
+    ``teacher`` may be a list (``[run_a, run_b]``): an ensemble teacher whose logits are the mean of its members'
+    (``teacher_weights=[...]`` weighs them) or, with ``teacher_mode="confident"``, per sample the most confident
+    member's (:mod:`kdlab.runs.ensemble`)."""
     if method in ("ce", None):
         raise ConfigError("distill needs a method (method='kd', 'fitnets', 'at', ...); use kdlab.train for plain "
                           "training")
@@ -86,7 +90,8 @@ def _config(model: Any, data: Any, method: Any, teacher: Any, settings: dict,
     live = Live()
     tree: dict[str, Any] = dict(settings)
     imports = list(settings.get("imports") or [])
-    for given in (model, teacher):  # checkpoints: the code they name runs only when the user trusts it
+    teachers = list(teacher) if isinstance(teacher, (list, tuple)) else [teacher]
+    for given in (model, *teachers):  # checkpoints: the code they name runs only when the user trusts it
         if isinstance(given, (str, Path)) and is_checkpoint(given):
             imports += _trusted_imports(given, imports, trust_code)
     tree["imports"] = list(dict.fromkeys(imports))
@@ -95,7 +100,15 @@ def _config(model: Any, data: Any, method: Any, teacher: Any, settings: dict,
     tree["method"] = _method_entry(method, live)
     cfg = from_dict(TrainConfig, tree)
     splits = None
-    if teacher is not None:
+    if isinstance(teacher, (list, tuple)):  # an ensemble teacher (kdlab.runs.ensemble): one entry per member
+        if not teacher:
+            raise ConfigError("teacher: an empty list; give one teacher or several")
+        names = []
+        for member in teacher:
+            name, splits = _teacher(member, cfg, live, splits)
+            names.append(name)
+        cfg.teacher = names
+    elif teacher is not None:
         cfg.teacher, splits = _teacher(teacher, cfg, live)
     return cfg, live, splits
 
@@ -161,17 +174,18 @@ def _method_entry(method: Any, live: Live) -> dict:
     return {"name": live.add("methods", method)}
 
 
-def _teacher(teacher: Any, cfg: TrainConfig, live: Live) -> tuple[str, Any]:
-    """The config's teacher string, and the data when building the teacher needed it (it is reused for the run)."""
+def _teacher(teacher: Any, cfg: TrainConfig, live: Live, splits: Any = None) -> tuple[str, Any]:
+    """The config's teacher string, and the data when building the teacher needed it (it is reused for the run;
+    ``splits``: the data already loaded for another member of an ensemble)."""
     if isinstance(teacher, Run):  # in this process its module may be the user's object, which no path rebuilds
-        return (live.add("teachers", teacher.model) if teacher.has_live_model else str(teacher.run_dir)), None
+        return (live.add("teachers", teacher.model) if teacher.has_live_model else str(teacher.run_dir)), splits
     if isinstance(teacher, nn.Module):
-        return live.add("teachers", teacher), None
+        return live.add("teachers", teacher), splits
     if isinstance(teacher, Path) or (isinstance(teacher, str) and _looks_like_path(teacher)):
-        return str(teacher), None
+        return str(teacher), splits
     entry = {"name": teacher} if isinstance(teacher, str) else dict(teacher)
     name, pretrained = entry.pop("name"), entry.pop("pretrained", None)
-    splits = load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
+    splits = splits or load_splits(cfg.dataset, data=live.data.get(cfg.dataset.name))
     module = create_model(name, num_classes=splits.info.num_classes, in_channels=splits.info.in_channels, **entry)
     if pretrained:
         load_pretrained(module, pretrained, arch=name)

@@ -146,7 +146,12 @@ class TrainConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
-    teacher: Optional[str] = None  # a kdlab checkpoint (model.safetensors) of the frozen teacher, or its run directory
+    # a kdlab checkpoint (model.safetensors) of the frozen teacher, or its run directory; a list of them: an ensemble
+    # teacher (runs/ensemble.py) whose logits combine theirs, as teacher_mode says
+    teacher: Optional[Union[str, list[str]]] = None
+    teacher_mode: Literal["mean", "confident"] = "mean"  # ensemble: weighted mean of the logits, or per sample the
+    #                                                       logits of the most confident teacher (highest max softmax)
+    teacher_weights: Optional[list[float]] = None  # ensemble, mean: one weight per teacher (default equal)
     imports: list[str] = field(default_factory=list)  # plug-in modules imported before any name is resolved
     epochs: int = 10
     seed: int = 0

@@ -4,6 +4,7 @@
     dataset: {name: fashion_mnist}
     seeds: [0, 1, 2]
     teachers: [{name: resnet20}]
+    ensembles: [{label: ens, teachers: [resnet20, vgg8], mode: mean}]  # optional: several teachers distilled as one
     assistants: [{name: resnet8, label: ta}]          # optional: TAKD's teacher assistants (distilled with kd)
     students: [{name: cnn_small}, {name: resnet18, label: resnet18-pretrained, pretrained: torchvision}]
     methods: [kd, {name: fitnets, hint_weight: 100}, at, dml, byot, {name: kd, label: takd, via: ta}]
@@ -56,12 +57,28 @@ class MethodEntry:
 
     name: str = "kd"
     label: Optional[str] = None  # default: the method name; use labels to compare settings of one method
-    via: Optional[str] = None  # an assistant's label: distill from that assistant, not the teachers (TAKD)
+    via: Optional[str] = None  # an assistant's (TAKD) or an ensemble's label: distill from it, not the teachers
     params: dict = field(default_factory=dict)
 
     @property
     def display(self) -> str:
         return self.label or self.name
+
+
+@dataclass
+class EnsembleEntry:
+    """Several of the experiment's teachers distilled from as one teacher (:mod:`kdlab.runs.ensemble`): every logits
+    method distils each student from it as from each teacher; a feature method only with ``via: <label>`` (and its
+    teacher layers named per member, ``teacher_layers: [t0.layer3]``)."""
+
+    teachers: list[str] = field(default_factory=list)  # labels of two or more of the experiment's teachers
+    label: Optional[str] = None  # default: the members' labels joined by "+"
+    mode: Literal["mean", "confident"] = "mean"  # weighted mean of the logits, or per sample the most confident's
+    weights: Optional[list[float]] = None  # mean: one weight per member (default equal)
+
+    @property
+    def display(self) -> str:
+        return self.label or "+".join(self.teachers)
 
 
 @dataclass
@@ -71,6 +88,7 @@ class ExperimentConfig:
     dataset: DataConfig = field(default_factory=DataConfig)
     teachers: list[ModelEntry] = field(default_factory=list)
     assistants: list[ModelEntry] = field(default_factory=list)  # TAKD: distilled from each teacher, then teach
+    ensembles: list[EnsembleEntry] = field(default_factory=list)  # teachers distilled from as one (see EnsembleEntry)
     students: list[ModelEntry] = field(default_factory=list)
     methods: list[MethodEntry] = field(default_factory=list)  # the ce baseline is always added
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])

@@ -21,6 +21,7 @@ from kdlab.models.registry import EXTERNAL_PREFIXES, MODELS, canonical_kwargs
 from kdlab.models.saved import resolve_checkpoint
 from kdlab.plugins import import_modules, module_names
 from kdlab.rundir import RunDir
+from kdlab.runs.ensemble import check_teachers, ensemble_identity
 from kdlab.runs.live import Live, plugin_identity
 
 
@@ -38,6 +39,7 @@ def resolve_config(cfg: TrainConfig, live: Live | None = None) -> TrainConfig:
     params = parse_method_params(method, cfg.method.params)
     if cfg.epochs < 1:
         raise ConfigError("config key 'epochs': must be at least 1")
+    check_teachers(cfg.teacher, cfg.teacher_weights, cfg.teacher_mode)
     model = replace(cfg.model, kwargs=canonical_kwargs(cfg.model.name, cfg.model.kwargs))
     return replace(cfg, model=model, method=replace(cfg.method, params=to_dict(params)))
 
@@ -55,8 +57,10 @@ def run_dir_for(cfg: TrainConfig, identity: dict) -> Path:
 
 
 # Config keys that do not decide a run's result: where it is written (a moved or copied run directory is the same run),
-# the display, and the teacher's path (its weights' hash is compared, in identity.json)
-_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher", "tracking", "tracking_uri")
+# the display, and the teacher's path and an ensemble's mode and weights (the teachers' weights' hashes are compared,
+# in identity.json, with the mode and weights)
+_NOT_IDENTITY = ("out_dir", "name", "progress", "teacher", "teacher_mode", "teacher_weights", "tracking",
+                 "tracking_uri")
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool = False) -> dict | None:
@@ -118,10 +122,16 @@ def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def teacher_identity(name: str | None, live: Live) -> str | None:
-    """What the teacher is: a live module's hash, or the sha256 of its weights file."""
+def teacher_identity(name: str | list[str] | None, live: Live, weights: list[float] | None = None,
+                     mode: str = "mean") -> str | dict | None:
+    """What the teacher is: a live module's hash, or the sha256 of its weights file; for an ensemble (a list of
+    two or more), its members' identities with its mode and weights (:func:`kdlab.runs.ensemble.ensemble_identity`)."""
     if name is None:
         return None
+    if isinstance(name, list):
+        if len(name) == 1:
+            return teacher_identity(name[0], live)
+        return ensemble_identity([teacher_identity(n, live) for n in name], weights, mode)
     if name in live.hashes:
         return live.hashes[name]
     path = resolve_checkpoint(name)
@@ -132,8 +142,8 @@ def run_identity(cfg: TrainConfig, live: Live, data_fingerprint: str) -> dict:
     """What decides a run's result besides its config: plug-in code, given objects (their source and initial
     weights), the teacher's weights, and the data it trains, selects and tests on (``Splits.fingerprint``)."""
     names = [cfg.model.name, cfg.dataset.name, *cfg.method.name.split("+")]
-    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher_identity(cfg.teacher, live),
-            "data": data_fingerprint}
+    teacher = teacher_identity(cfg.teacher, live, cfg.teacher_weights, cfg.teacher_mode)
+    return {"plugins": plugin_identity(cfg.imports, names, live), "teacher": teacher, "data": data_fingerprint}
 
 
 def saved_imports(cfg: TrainConfig) -> list[str]:
@@ -141,12 +151,13 @@ def saved_imports(cfg: TrainConfig) -> list[str]:
     return list(dict.fromkeys([*cfg.imports, *module_names([cfg.model.name])]))
 
 
-def run_key(cfg: TrainConfig, teacher_key: str | None, data_fingerprint: str, plugins: dict | None = None) -> str:
+def run_key(cfg: TrainConfig, teacher_key: str | dict | None, data_fingerprint: str,
+            plugins: dict | None = None) -> str:
     """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
     plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
     payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "imports", "tracking",
-                     "tracking_uri"):
+    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "teacher_mode", "teacher_weights",
+                     "imports", "tracking", "tracking_uri"):  # an ensemble's mode and weights: in teacher_key
         payload.pop(volatile)
     identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
     if plugins:

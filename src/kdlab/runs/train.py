@@ -26,7 +26,6 @@ from kdlab.data import DatasetInfo, Splits, load_splits, make_loader
 from kdlab.engine import distributed
 from kdlab.engine.device import resolve_device, seed_everything, use_bf16
 from kdlab.engine.host import tune_cpu_allocator
-from kdlab.engine.inference import fold_batchnorm
 from kdlab.engine.runio import RunIO
 from kdlab.engine.trainer import EngineOptions, TeacherCache, Trainer
 from kdlab.errors import ConfigError
@@ -37,6 +36,7 @@ from kdlab.models.saved import load_model, model_meta
 from kdlab.models.weights import load_pretrained
 from kdlab.runs.identity import check_run_dir, resolve_config, run_dir_for, run_identity, saved_imports
 from kdlab.rundir import RunDir
+from kdlab.runs.ensemble import EnsembleTeacher, check_teachers, fold_teacher, teacher_names
 from kdlab.runs.evaluate import check_saved
 from kdlab.runs.live import Live
 from kdlab.runs.views import InputView, data_view, declared_view, give_view, recorded_view
@@ -81,6 +81,28 @@ def load_teacher(name: str, info: DatasetInfo, device: torch.device, live: Live,
                           f"{meta.get('in_channels')} channels; this dataset has {info.num_classes} and "
                           f"{info.in_channels}")
     return teacher, view
+
+
+def load_teachers(cfg: TrainConfig, info: DatasetInfo, device: torch.device,
+                  live: Live) -> tuple[torch.nn.Module | None, InputView | None]:
+    """The run's frozen teacher and its input view (:func:`load_teacher`); with a list of teachers, an
+    :class:`~kdlab.runs.ensemble.EnsembleTeacher` of them, each keeping its own view (the ensemble's is None)."""
+    names = teacher_names(cfg.teacher)
+    if not names:
+        return None, None
+    trusted = [*cfg.imports, *live.trusted]  # the plug-ins the user (or the experiment's own file) named
+    if len(names) == 1:
+        return load_teacher(names[0], info, device, live, trusted)
+    check_teachers(cfg.teacher, cfg.teacher_weights, cfg.teacher_mode)
+    loaded = [load_teacher(name, info, device, live, trusted) for name in names]
+    return EnsembleTeacher([m for m, _ in loaded], cfg.teacher_weights, cfg.teacher_mode, [v for _, v in loaded],
+                           [teacher_label(name) for name in names]), None
+
+
+def teacher_label(name: str) -> str:
+    """How a teacher is named in logs: a run directory's name (``runs/t1/model.safetensors`` -> ``t1``)."""
+    path = Path(name)
+    return path.parent.name if path.name == "model.safetensors" and path.parent.name else path.name or name
 
 
 def run(cfg: TrainConfig, splits: Splits | None = None, teacher_cache: Callable[..., TeacherCache] | None = None,
@@ -144,12 +166,10 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
     device = distributed.setup(dist, resolve_device(cfg.device))
     seed_everything(cfg.seed)
     student = build_student(cfg, splits.info, live)
-    trusted = [*cfg.imports, *live.trusted]
-    teacher, teacher_view = (load_teacher(cfg.teacher, splits.info, device, live, trusted) if cfg.teacher
-                             else (None, None))
+    teacher, teacher_view = load_teachers(cfg, splits.info, device, live)
     method = build_method(live.methods.get(cfg.method.name, cfg.method.name), cfg.method.params, student, teacher)
     if teacher is not None:  # an inference module: BatchNorm folded, the layers the method reads kept by name
-        method.replace_teacher(fold_batchnorm(teacher, keep={n.partition(":")[0] for n in method.teacher_layers()}))
+        method.replace_teacher(fold_teacher(teacher, keep={n.partition(":")[0] for n in method.teacher_layers()}))
     train_loader = make_loader(splits.train, splits.info, cfg.dataset, train=True, device=device, seed=cfg.seed)
     eval_loaders = {split: make_loader(getattr(splits, split), splits.info, cfg.dataset, train=False, device=device)
                     for split in ("val", "test")}
@@ -215,9 +235,15 @@ def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: Tr
     num_classes = splits.info.num_classes
     check_forward(method.students()["student"], batch.images, f"model {cfg.model.name}", num_classes)
     if method.teacher is not None:
-        line = give_view(method.teacher, view, teacher_view, batch.images, f"teacher {cfg.teacher}")
-        if line:
+        who = f"teacher {cfg.teacher}"
+        lines: list[str | None]
+        if isinstance(method.teacher, EnsembleTeacher):  # each member its own view
+            who = f"teacher {method.teacher.describe()}"
+            lines = [who, *method.teacher.give_views(view, batch.images)]
+        else:
+            lines = [give_view(method.teacher, view, teacher_view, batch.images, who)]
+        for line in filter(None, lines):
             log.info(line)
-        check_forward(method.teacher, batch.images, f"teacher {cfg.teacher}", num_classes)
+        check_forward(method.teacher, batch.images, who, num_classes)
     method.prepare(batch.images[:2], num_samples=len(splits.train), num_classes=splits.info.num_classes)
     return view
