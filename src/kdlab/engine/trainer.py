@@ -218,6 +218,8 @@ class Trainer:
             "best": self.best,
             "threads": self._threads_setting(),  # a resumed run continues with it (engine/host.py)
             "skipped": self.skipped,
+            # bad files the streamed training split met so far (dataset.skip_bad_files): a resumed epoch counts them
+            "bad_files": dict(getattr(self.train_loader, "bad_files", {})),
             "progress": run.as_state(self.opt.dist) if run is not None else None,  # under DDP: all ranks reduce
         }
         batch = run.batch if run is not None else 0
@@ -243,6 +245,8 @@ class Trainer:
         self.history = list(state["history"])
         self.best = dict(state["best"])
         self.skipped = int(state.get("skipped", 0))
+        if hasattr(self.train_loader, "bad_files"):
+            self.train_loader.bad_files.update(state.get("bad_files") or {})
         if self.threads is not None:  # an older checkpoint without the setting: the count of its last epoch
             self.threads.resume(state.get("threads", (self.history[-1] if self.history else {}).get("threads")))
         self.io.write_history(self.history)  # drop rows of an epoch that ran past the checkpoint
