@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import torch
 
@@ -37,7 +37,7 @@ class RunIO:
         self.run_dir = self.dir.path
         self.rank = rank
         self.progress_enabled = progress
-        self._tensorboard: SummaryWriter | bool | None = None  # False: TensorBoard is not installed
+        self._tensorboard: SummaryWriter | Literal[False] | None = None  # False: TensorBoard is not installed
         self._tracking: RunTracking | None = None
         self._tracking_opened = False  # the run's config was read for tracking (once, at its first use)
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)

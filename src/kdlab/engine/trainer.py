@@ -68,7 +68,7 @@ class Trainer:
             tune_cpu_allocator()
         memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
         self.method.to(device=options.device, memory_format=memory_format)
-        loss_groups = getattr(method, "loss_groups", dict)()
+        loss_groups: dict[str, float] = getattr(method, "loss_groups", dict)()
         if loss_groups and options.dist is not None and options.dist.enabled:
             raise ConfigError("this method's per-loss momenta (loss_groups) need one backward per loss group, which "
                               "DDP does not support; train it in one process")
