@@ -183,3 +183,13 @@ def reduce_metrics(logits: Tensor, labels: Tensor, dist: Dist) -> dict[str, floa
 def barrier(dist: Dist | None) -> None:
     if dist is not None and dist.enabled:
         tdist.barrier()
+
+
+def any_rank(flag: bool, dist: Dist | None) -> bool:
+    """Whether ``flag`` holds on any rank (one all-reduce under DDP, so all ranks take the same branch)."""
+    if dist is None or not dist.enabled:
+        return flag
+    device = torch.device("cuda", torch.cuda.current_device()) if tdist.get_backend() == "nccl" else torch.device("cpu")
+    value = torch.tensor(float(flag), device=device)
+    tdist.all_reduce(value, op=tdist.ReduceOp.MAX)
+    return bool(value.item())

@@ -35,20 +35,23 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[str, str]]:
         source = node.args[0] if node.args else None
         if (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1
                 and isinstance(modules.get(source.target), nn.Conv2d)):
-            pairs.append((source.target, node.target))
+            pairs.append((str(source.target), str(node.target)))  # a call_module node's target is its name
     return pairs
 
 
 @torch.no_grad()
 def fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold ``bn`` (eval-mode statistics) into ``conv``'s weight and bias, in place."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias if bn.affine else torch.zeros_like(bn.running_mean)
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise TypeError(f"{bn} keeps no running statistics: it cannot be folded")
+    scale = bn.weight / torch.sqrt(var + bn.eps) if bn.affine else 1.0 / torch.sqrt(var + bn.eps)
+    shift = bn.bias if bn.affine else torch.zeros_like(mean)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(mean)
     conv.weight.mul_(scale.view(-1, 1, 1, 1).to(conv.weight.dtype))
     if conv.bias is None:
-        conv.bias = nn.Parameter(torch.zeros_like(bn.running_mean, dtype=conv.weight.dtype), requires_grad=False)
-    conv.bias.copy_((bias - bn.running_mean) * scale + shift)
+        conv.bias = nn.Parameter(torch.zeros_like(mean, dtype=conv.weight.dtype), requires_grad=False)
+    conv.bias.copy_((bias - mean) * scale + shift)
 
 
 def fold_batchnorm(model: nn.Module, keep: set[str] | frozenset[str] = frozenset()) -> nn.Module:
@@ -57,7 +60,9 @@ def fold_batchnorm(model: nn.Module, keep: set[str] | frozenset[str] = frozenset
     folded = copy.deepcopy(model).eval().requires_grad_(False)
     pairs = [(c, b) for c, b in conv_bn_pairs(folded) if c not in keep]
     for conv_name, bn_name in pairs:
-        fold(folded.get_submodule(conv_name), folded.get_submodule(bn_name))
+        conv, bn = folded.get_submodule(conv_name), folded.get_submodule(bn_name)
+        assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)  # as conv_bn_pairs found them
+        fold(conv, bn)
         parent, _, child = bn_name.rpartition(".")
         setattr(folded.get_submodule(parent) if parent else folded, child, nn.Identity())
     return folded

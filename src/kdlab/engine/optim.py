@@ -29,9 +29,10 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimConfig,
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
                                weight_decay=cfg.weight_decay)
+    beta1, beta2 = cfg.betas  # a YAML list or a tuple
     if cfg.name == "adam":  # weight decay as an L2 term in the gradient, as the many Adam recipes expect
-        return torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        return torch.optim.Adam(params, lr=cfg.lr, betas=(beta1, beta2), weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=(beta1, beta2), weight_decay=cfg.weight_decay)
 
 
 class LrFactor:

@@ -22,16 +22,18 @@ LONG_EPOCH_S = 30.0  # an epoch expected to last longer than this gets lines wit
 LINE_EVERY = 0.25  # ... one each time this fraction of its batches is done
 
 
-def epoch_progress(iterable: Iterable, total: int, desc: str, enabled: bool, log: Callable[[str], None]) -> Any:
+def epoch_progress(iterable: Iterable, total: int, desc: str, enabled: bool, log: Callable[[str], None],
+                   start: int = 0) -> Any:
     """An iterable over ``iterable`` that shows progress where stderr can carry it (see the module's docstring);
-    like a tqdm bar it has ``set_postfix(**values)``, whose latest values the bar or the lines show."""
+    like a tqdm bar it has ``set_postfix(**values)``, whose latest values the bar or the lines show. ``start``: the
+    batches of the epoch done before ``iterable``'s first (an epoch resumed from a mid-epoch checkpoint)."""
     if not enabled:
         return SilentProgress(iterable)
     kind = display()
     if kind in REFRESH_S:
         return tqdm(iterable, total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr,
-                    unit="batch", mininterval=REFRESH_S[kind])
-    return LineProgress(iterable, total, desc, log)
+                    unit="batch", mininterval=REFRESH_S[kind], initial=start)
+    return LineProgress(iterable, total, desc, log, start=start)
 
 
 class SilentProgress:
@@ -53,9 +55,9 @@ class LineProgress:
     its end: the trainer's epoch line follows)."""
 
     def __init__(self, iterable: Iterable, total: int, desc: str, log: Callable[[str], None],
-                 long_epoch_s: float = LONG_EPOCH_S) -> None:
+                 long_epoch_s: float = LONG_EPOCH_S, start: int = 0) -> None:
         self.iterable, self.total, self.desc, self.log = iterable, max(int(total), 1), desc, log
-        self.long_epoch_s = long_epoch_s
+        self.long_epoch_s, self.start = long_epoch_s, start
         self.postfix: dict[str, Any] = {}
 
     def set_postfix(self, **values: Any) -> None:
@@ -64,7 +66,9 @@ class LineProgress:
     def __iter__(self) -> Iterator:
         start = time.perf_counter()
         next_mark = LINE_EVERY
-        for done, item in enumerate(self.iterable, start=1):
+        while next_mark <= self.start / self.total:  # marks a resumed epoch had passed
+            next_mark += LINE_EVERY
+        for done, item in enumerate(self.iterable, start=self.start + 1):
             yield item
             fraction = done / self.total
             if fraction < next_mark or fraction >= 1.0:
@@ -72,12 +76,13 @@ class LineProgress:
             while next_mark <= fraction:
                 next_mark += LINE_EVERY
             elapsed = time.perf_counter() - start
-            if elapsed / fraction > self.long_epoch_s:
+            if elapsed * self.total / (done - self.start) > self.long_epoch_s:
                 self.log(self._line(done, elapsed))
 
     def _line(self, done: int, elapsed: float) -> str:
+        """The line after ``done`` batches, ``elapsed`` seconds after this process's first (of ``done - start``)."""
         values = "  ".join(f"{k}={v}" for k, v in self.postfix.items())
-        left = elapsed * (self.total - done) / done
+        left = elapsed * (self.total - done) / max(done - self.start, 1)
         return (f"{self.desc}  {100 * done // self.total}% ({done}/{self.total} batches)  {values}  "
                 f"epoch ETA {clock(left)}").replace("    ", "  ")
 

@@ -13,7 +13,7 @@ import json
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
 import torch
 
@@ -25,6 +25,9 @@ from kdlab.engine.tracking import RunTracking
 from kdlab.errors import CheckpointError
 from kdlab.rundir import RunDir
 
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
 CHECKPOINT_FILES = ("weights.safetensors", "state.pt")
 
 
@@ -34,7 +37,7 @@ class RunIO:
         self.run_dir = self.dir.path
         self.rank = rank
         self.progress_enabled = progress
-        self._tensorboard = None
+        self._tensorboard: SummaryWriter | Literal[False] | None = None  # False: TensorBoard is not installed
         self._tracking: RunTracking | None = None
         self._tracking_opened = False  # the run's config was read for tracking (once, at its first use)
         self._good: dict | None = None  # the pointer entry of the newest verified checkpoint (the fallback of the next)
@@ -52,10 +55,10 @@ class RunIO:
         if self.is_main:
             log.info(message)
 
-    def progress(self, iterable: Iterable, total: int, desc: str) -> Any:
+    def progress(self, iterable: Iterable, total: int, desc: str, start: int = 0) -> Any:
         """The epoch's batches with progress shown: a bar on a terminal or in a notebook, a few lines in a log file
-        (:mod:`kdlab.engine.progress`)."""
-        return epoch_progress(iterable, total, desc, self.is_main and self.progress_enabled, self.log)
+        (:mod:`kdlab.engine.progress`); ``start``: batches done before (a resumed epoch)."""
+        return epoch_progress(iterable, total, desc, self.is_main and self.progress_enabled, self.log, start=start)
 
     # -- metrics ------------------------------------------------------------------------------------------------------
     def write_history(self, history: list[dict]) -> None:
@@ -119,18 +122,20 @@ class RunIO:
         files.write_json(path, {**(current if isinstance(current, dict) else {}), **data})
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
-    def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict) -> None:
-        """Write epoch ``epoch``'s checkpoint, checksum its files as written, then point ``latest.json`` at it (with
-        the checkpoint before it, kept as a fallback), then drop older ones."""
+    def save_checkpoint(self, epoch: int, weights: dict[str, torch.Tensor], state: dict, meta: dict,
+                        batch: int = 0) -> None:
+        """Write the checkpoint after ``epoch`` epochs (and ``batch`` batches of the next: a mid-epoch one), checksum
+        its files as written, then point ``latest.json`` at it (with the checkpoint before it, kept as a fallback),
+        then drop older ones."""
         if not self.is_main:
             return
-        name = RunDir.epoch_name(epoch)
+        name = checkpoint_name(epoch, batch)
         target = self.dir.checkpoints / name
         files.save_weights(target / "weights.safetensors", weights, meta)
         save_state(target / "state.pt", state)
-        entry = {"epoch": epoch, "dir": name,
+        entry = {"epoch": epoch, "batch": batch, "dir": name,
                  "sha256": {f: files.sha256_file(target / f) for f in CHECKPOINT_FILES}}
-        previous = self._good if self._good is not None and self._good["epoch"] < epoch else None
+        previous = self._good if self._good is not None and _position(self._good) < (epoch, batch) else None
         files.write_json(self.dir.latest, {**entry, "previous": previous})
         self._good = entry
         keep = {name, previous["dir"] if previous else name}
@@ -149,7 +154,7 @@ class RunIO:
             pointer = json.loads(self.dir.latest.read_text())
             entries = [pointer] + ([pointer["previous"]] if pointer.get("previous") else [])
             for entry in entries:
-                if not re.fullmatch(r"epoch-\d+", entry["dir"]) or int(entry["epoch"]) < 1:
+                if not re.fullmatch(r"epoch-\d+(-batch-\d+)?", entry["dir"]) or _position(entry) <= (0, 0):
                     raise ValueError(f"not a checkpoint: {entry['dir']!r}, epoch {entry['epoch']!r}")
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise CheckpointError(f"{self.dir.latest} is damaged ({type(exc).__name__}: {str(exc)[:80]}); "
@@ -214,3 +219,15 @@ class RunIO:
         if self.is_main:
             files.save_weights(path, weights, meta)
         return path
+
+
+def checkpoint_name(epoch: int, batch: int = 0) -> str:
+    """The folder of the checkpoint after ``epoch`` epochs: ``epoch-0003``; after ``batch`` more batches of the
+    next epoch (mid-epoch): ``epoch-0003-batch-001200``."""
+    name = RunDir.epoch_name(epoch)
+    return f"{name}-batch-{batch:06d}" if batch else name
+
+
+def _position(entry: dict) -> tuple[int, int]:
+    """(epochs done, batches of the next) of a ``latest.json`` entry (older pointers have no batch: 0)."""
+    return int(entry["epoch"]), int(entry.get("batch") or 0)

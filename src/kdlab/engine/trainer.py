@@ -6,14 +6,16 @@ The method is any module whose ``forward(batch)`` takes a :class:`kdlab.batch.Ba
 ``kdlab.methods.base.Method``). The loop sums the ``loss_*`` parts and logs each; it has no per-method branch.
 
 Resumption is exact: the data order and augmentation are a pure function of (seed, epoch) (see ``kdlab.data``), and
-the checkpoint written at every epoch end holds the weights, optimizer, scheduler, RNG states and the history.
+the checkpoint written at every epoch end holds the weights, optimizer, scheduler, RNG states and the history. Within
+a long epoch a checkpoint is also written every ``checkpoint_every_s`` seconds, with the batches done and the epoch's
+running sums; a run resumed from it continues at the next batch (:mod:`kdlab.engine.resume`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +26,11 @@ from kdlab.engine import distributed
 from kdlab.engine.device import autocast
 from kdlab.engine.evaluate import evaluate, predict
 from kdlab.engine.host import ThreadPolicy, tune_cpu_allocator
+from kdlab.engine.interface import TrainableMethod
 from kdlab.engine.optim import PerLossMomentumSGD, build_optimizer, build_scheduler
 from kdlab.engine.progress import clock
+from kdlab.engine.resume import CHECKPOINT_EVERY_S, CheckpointClock, EpochProgress, epoch_batches, rng_state, \
+    set_rng_state
 from kdlab.engine.runio import RunIO
 from kdlab.errors import ConfigError, DivergenceError
 
@@ -46,12 +51,14 @@ class EngineOptions:
     threads: int | str | None = None  # CPU threads: N, None (fixed from the machine) or "auto" (engine/host.py)
     dist: Optional[distributed.Dist] = None  # this process's rank in a DDP run (see engine/distributed.py)
     scale: dict = field(default_factory=dict)  # ranks, global batch, lr rule: recorded in the result
+    checkpoint_every_s: float = CHECKPOINT_EVERY_S  # a mid-epoch checkpoint this often (0: at epoch ends only)
 
 
 class Trainer:
-    def __init__(self, method: nn.Module, train_loader, eval_loaders: dict, options: EngineOptions, io: RunIO,
+    def __init__(self, method: nn.Module, train_loader: Any, eval_loaders: dict, options: EngineOptions, io: RunIO,
                  teacher_cache: TeacherCache | None = None) -> None:
-        self.method = method
+        # nn.Module types its attributes Tensor | Module: the method's interface is TrainableMethod's
+        self.method = cast(TrainableMethod, method)
         self.train_loader = train_loader
         self.eval_loaders = {k: v for k, v in eval_loaders.items() if v is not None and v.num_samples > 0}
         self.opt = options
@@ -60,44 +67,50 @@ class Trainer:
         if options.device.type == "cpu":  # keep each step's peak memory mapped between steps (see engine/host.py)
             tune_cpu_allocator()
         memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
-        method.to(device=options.device, memory_format=memory_format)
-        loss_groups = method.loss_groups() if hasattr(method, "loss_groups") else {}
+        self.method.to(device=options.device, memory_format=memory_format)
+        loss_groups: dict[str, float] = getattr(method, "loss_groups", dict)()
         if loss_groups and options.dist is not None and options.dist.enabled:
             raise ConfigError("this method's per-loss momenta (loss_groups) need one backward per loss group, which "
                               "DDP does not support; train it in one process")
-        self.optimizer = build_optimizer(method.trainable_parameters(), options.optim, loss_groups)
+        self.optimizer = build_optimizer(self.method.trainable_parameters(), options.optim, loss_groups)
         self.scheduler = build_scheduler(self.optimizer, options.optim, len(train_loader), options.epochs)
         dist = options.dist
         wrapped = distributed.wrap(method, dist, options.device) if dist and dist.enabled else method
-        self.step_fn = torch.compile(wrapped) if options.compile else wrapped
+        self.step_fn: Callable = torch.compile(wrapped) if options.compile else wrapped
         self.history: list[dict] = []
         self.best = {"val_top1": float("-inf"), "epoch": 0}
         self.epoch_seconds: list[float] = []  # wall time of each epoch this process ran (for the ETA)
         self.skipped = 0  # batches skipped for a non-finite loss (optim.skip_nonfinite)
+        self.pending_rng: dict | None = None  # a mid-epoch checkpoint's RNG state, set where its epoch reached it
         self.threads = ThreadPolicy(options.threads) if options.device.type == "cpu" else None
 
     # -- public -------------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train (resuming from the last checkpoint if there is one) and return the final flat result dict."""
-        start_epoch = self._restore()
-        if start_epoch:
+        start_epoch, resumed = self._restore()
+        if resumed is not None:
+            self.io.log(f"resuming {self.io.run_dir} at batch {resumed.batch}/{len(self.train_loader)} of epoch "
+                        f"{start_epoch + 1}/{self.opt.epochs}")
+        elif start_epoch:
             self.io.log(f"resuming {self.io.run_dir} after epoch {start_epoch}/{self.opt.epochs}")
         self.io.update_json(self.io.dir.meta, {"threads": self._threads_setting()})
         try:
             for epoch in range(start_epoch, self.opt.epochs):
-                self._epoch(epoch)
+                self._epoch(epoch, resumed if epoch == start_epoch else None)
             return self._finish()
         finally:
             if self.threads is not None:
                 self.threads.restore()
 
     # -- one epoch ----------------------------------------------------------------------------------------------------
-    def _epoch(self, epoch: int) -> None:
+    def _epoch(self, epoch: int, resumed: EpochProgress | None = None) -> None:
         start = time.perf_counter()
-        row = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
+        run = resumed or EpochProgress(epoch, correct=torch.zeros((), device=self.opt.device),
+                                       lr=self.optimizer.param_groups[0]["lr"])
+        row = {"epoch": epoch + 1, "lr": run.lr}
         if self.threads is not None:
             row["threads"] = self.threads.apply()
-        row.update(self._train_epoch(epoch))
+        row.update(self._train_epoch(run))
         row.update(self._evaluate(final=epoch + 1 == self.opt.epochs))
         self._select(row)
         self.history.append(row)
@@ -108,41 +121,55 @@ class Trainer:
         left = (self.opt.epochs - epoch - 1) * sum(self.epoch_seconds) / len(self.epoch_seconds)
         self.io.log(self._summary(row, self.opt.epochs, left))
 
-    def _train_epoch(self, epoch: int) -> dict:
-        method, device = self.method, self.opt.device
+    def _train_epoch(self, run: EpochProgress) -> dict:
+        """Train one epoch from ``run`` (its start, or where a mid-epoch checkpoint left it); its metrics row."""
+        method, epoch = self.method, run.epoch
         method.on_epoch_start(epoch, self.opt.epochs)
         method.train()
-        self.train_loader.set_epoch(epoch)
-        sums: dict[str, Tensor] = {}
-        correct = torch.zeros((), device=device)
-        seen = 0
-        start = time.perf_counter()
-        bar = self.io.progress(self.train_loader, len(self.train_loader), f"epoch {epoch + 1}/{self.opt.epochs}")
-        for index, batch in enumerate(bar):
-            if self.opt.channels_last:
-                batch.images = batch.images.contiguous(memory_format=torch.channels_last)
-            if self.teacher_cache is not None:
-                batch.teacher_logits = self.teacher_cache(epoch, index, batch)
-            try:
-                out, loss, parts = train_step(self.step_fn, self.optimizer, batch, self.opt,
-                                              method.trainable_parameters)
-            except NonFiniteLoss as bad:
-                self._non_finite(bad, epoch, index)
-                self.scheduler.step()
-                continue
-            self.scheduler.step()
-            for name, value in {"loss": loss, **parts}.items():
-                sums[name] = sums.get(name, 0) + value.detach() * len(batch)
-            correct += out["logits"].detach().argmax(1).eq(batch.labels).sum()
-            seen += len(batch)
-            if index % 20 == 0:
-                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{seen / (time.perf_counter() - start):.0f}")
-        sums, correct, seen = distributed.reduce_epoch(sums, correct, seen, self.opt.dist)
+        pending, self.pending_rng = self.pending_rng, None
+        batches = epoch_batches(self.train_loader, epoch, run.batch,
+                                None if pending is None else lambda: set_rng_state(pending))
+        bar = self.io.progress(batches, len(self.train_loader), f"epoch {epoch + 1}/{self.opt.epochs}",
+                               start=run.batch)
+        checkpoints = CheckpointClock(self.opt.checkpoint_every_s, self.opt.dist)
+        start = time.perf_counter() - run.elapsed
+        for index, batch in enumerate(bar, start=run.batch):  # a resumed epoch's batches keep their index
+            loss = self._step(run, index, batch)
+            run.batch = index + 1
+            if loss is not None and index % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", img_s=f"{run.seen / (time.perf_counter() - start):.0f}")
+            if run.batch < len(self.train_loader) and checkpoints.due(run.batch):
+                run.elapsed = time.perf_counter() - start
+                self._checkpoint(epoch, run)
+                checkpoints.reset()
+        assert run.correct is not None
+        sums, correct, seen = distributed.reduce_epoch(run.sums, run.correct, run.seen, self.opt.dist)
         elapsed = time.perf_counter() - start
         row = {f"train_{k}": (v / max(seen, 1)).item() for k, v in sums.items()}
         row.update(train_top1=100.0 * correct.item() / max(seen, 1), train_img_s=seen / max(elapsed, 1e-9),
                    train_time_s=elapsed)
         return row
+
+    def _step(self, run: EpochProgress, index: int, batch: Batch) -> Tensor | None:
+        """One optimizer step on batch ``index``, added to the epoch's running sums; its loss (None: skipped)."""
+        if self.opt.channels_last:
+            batch.images = batch.images.contiguous(memory_format=torch.channels_last)
+        if self.teacher_cache is not None:
+            batch.teacher_logits = self.teacher_cache(run.epoch, index, batch)
+        try:
+            out, loss, parts = train_step(self.step_fn, self.optimizer, batch, self.opt,
+                                          self.method.trainable_parameters)
+        except NonFiniteLoss as bad:
+            self._non_finite(bad, run.epoch, index)
+            self.scheduler.step()
+            return None
+        self.scheduler.step()
+        for name, value in {"loss": loss, **parts}.items():
+            run.sums[name] = run.sums.get(name, 0) + value.detach() * len(batch)
+        assert run.correct is not None
+        run.correct += out["logits"].detach().argmax(1).eq(batch.labels).sum()
+        run.seen += len(batch)
+        return loss
 
     def _evaluate(self, final: bool) -> dict:
         row: dict = {}
@@ -180,37 +207,51 @@ class Trainer:
         raise DivergenceError(message)
 
     # -- checkpoints --------------------------------------------------------------------------------------------------
-    def _checkpoint(self, epochs_done: int) -> None:
+    def _checkpoint(self, epochs_done: int, run: EpochProgress | None = None) -> None:
+        """Save the training state after ``epochs_done`` epochs, and ``run``'s batches of the next (mid-epoch)."""
         state = {
             "epoch": epochs_done,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            **rng_state(),
             "history": self.history,
             "best": self.best,
             "threads": self._threads_setting(),  # a resumed run continues with it (engine/host.py)
+            "skipped": self.skipped,
+            # bad files the streamed training split met so far (dataset.skip_bad_files): a resumed epoch counts them
+            "bad_files": dict(getattr(self.train_loader, "bad_files", {})),
+            "progress": run.as_state(self.opt.dist) if run is not None else None,  # under DDP: all ranks reduce
         }
+        batch = run.batch if run is not None else 0
         self.io.save_checkpoint(epochs_done, self.method.trainable_state_dict(), state,
-                                {**self.opt.model_meta, "epoch": epochs_done})
+                                {**self.opt.model_meta, "epoch": epochs_done, **({"batch": batch} if batch else {})},
+                                batch=batch)
 
-    def _restore(self) -> int:
+    def _restore(self) -> tuple[int, EpochProgress | None]:
+        """Load the last checkpoint: the epochs it completed and, for a mid-epoch one, the epoch's progress (its RNG
+        state is then set where the resumed epoch reaches it, see :func:`kdlab.engine.resume.epoch_batches`)."""
         found = self.io.load_checkpoint()
         if found is None:
-            return 0
+            return 0, None
         weights, state = found
         self.method.load_trainable_state_dict(weights)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        progress = state.get("progress")
+        if progress is None:
+            set_rng_state(state)
+        else:
+            self.pending_rng = {k: state[k] for k in ("rng_cpu", "rng_cuda")}
         self.history = list(state["history"])
         self.best = dict(state["best"])
+        self.skipped = int(state.get("skipped", 0))
+        if hasattr(self.train_loader, "bad_files"):
+            self.train_loader.bad_files.update(state.get("bad_files") or {})
         if self.threads is not None:  # an older checkpoint without the setting: the count of its last epoch
             self.threads.resume(state.get("threads", (self.history[-1] if self.history else {}).get("threads")))
         self.io.write_history(self.history)  # drop rows of an epoch that ran past the checkpoint
-        return int(state["epoch"])
+        resumed = None if progress is None else EpochProgress.from_state(progress, self.opt.device, self.opt.dist)
+        return int(state["epoch"]), resumed
 
     def _threads_setting(self) -> int | str:
         """The run's thread setting as recorded: the fixed count, ``"auto"``, or torch's count off the CPU."""
@@ -259,7 +300,7 @@ class Trainer:
         student.load_state_dict(current)
         return {f"test_{k}": v for k, v in metrics.items()}
 
-    def _eval(self, model: nn.Module, loader) -> dict:
+    def _eval(self, model: nn.Module, loader: Any) -> dict:
         """Metrics of ``model`` over the loader's split (under DDP: every rank's part, all-reduced)."""
         dist, opt = self.opt.dist, self.opt
         if dist is None or not dist.enabled:

@@ -182,12 +182,28 @@ def _train(cfg: TrainConfig, run_dir: Path, identity: dict, splits: Splits,
     io.log(f"training {run_dir.name}: {cfg.model.name} with {cfg.method.name} on {cfg.dataset.name} "
            f"({len(splits.train)} train / {len(splits.val)} val / {len(splits.test)} test) on {device}"
            f"{' bf16' if options.bf16 else ''}")
+    if cfg.dataset.skip_bad_files:  # those found so far: at listing, and decoding a split into memory
+        io.update_json(io.dir.meta, {"skipped_files": skipped_files(train_loader, *eval_loaders.values())})
     result = Trainer(method, train_loader, eval_loaders, options, io, teacher_cache=provider).fit()
+    if cfg.dataset.skip_bad_files:  # and those the streamed epochs met
+        result["skipped_files"] = skipped_files(train_loader, *eval_loaders.values())
+        io.update_json(io.dir.meta, {"skipped_files": result["skipped_files"]})
     if provider is not None:
         provider.flush()
     io.write_result(result)
     io.dir.failure.unlink(missing_ok=True)  # a retried run that now finished
     return result, method
+
+
+def skipped_files(*loaders) -> int:
+    """Bad image files the run's loaders left out (``dataset.skip_bad_files``), each counted once: the validation
+    split is carved from the training folder, so the loaders' file paths are united rather than their counts added
+    (a loader over a user's Dataset has none)."""
+    paths: set[str] = set()
+    for loader in loaders:
+        if loader is not None:
+            paths.update(getattr(loader.split, "skipped", ()), getattr(loader, "bad_files", {}))
+    return len(paths)
 
 
 def _teacher_outputs(teacher_cache, method, train_loader, io: RunIO):
