@@ -169,3 +169,9 @@ class TrainConfig:
     tracking: Optional[Literal["none", "mlflow"]] = None  # mlflow: params, per-epoch metrics, results and weights
     #                                                       to an MLflow server (the `mlflow` extra); never stops a run
     tracking_uri: Optional[str] = None  # the MLflow server (http://host:5000); None: $MLFLOW_TRACKING_URI
+    checkpoint_every_s: float = 600.0  # also a mid-epoch checkpoint this often (seconds); 0: at epoch ends only
+
+    def __check__(self, prefix: str = "") -> None:
+        if not self.checkpoint_every_s >= 0:
+            raise RangeError(f"config key {prefix + 'checkpoint_every_s'!r}: must not be negative, "
+                             f"got {self.checkpoint_every_s}")

@@ -91,9 +91,6 @@ def _check_ensembles(exp: ExperimentConfig) -> None:
             check_teachers(list(entry.teachers), entry.weights, entry.mode)
         except ConfigError as exc:
             raise ConfigError(f"{key}: {exc}") from None
-    if exp.ensembles and (exp.executor == "ray" or (exp.workers or 1) > 1):
-        raise ConfigError("ensembles: run the experiment with workers: 1 (the parallel scheduler does not yet wait "
-                          "for every member of an ensemble)")
 
 
 def _needs_teacher(method: str, live: Live) -> bool:

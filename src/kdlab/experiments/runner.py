@@ -27,7 +27,7 @@ from kdlab.errors import KdlabError
 from kdlab.expdir import ExperimentDir, Manifest, PlannedRun
 from kdlab.experiments.config import ExperimentConfig
 from kdlab.experiments.eta import Eta
-from kdlab.experiments.plan import expand, validate
+from kdlab.experiments.plan import expand, teacher_sources, validate
 from kdlab.experiments.preflight import check_plan
 from kdlab.plugins import module_names
 from kdlab.report.live import write_live
@@ -123,7 +123,8 @@ class ExperimentRunner:
     def run_or_record(self, number: int, plan: list[PlannedRun], spec: PlannedRun, splits: Splits,
                       failed: list[dict]) -> None:
         """Run one; a run that fails (divergence, a bad file) is recorded and the others go on: a rerun retries it."""
-        upstream = next((f for f in failed if spec.teacher_run is not None and f["key"] == spec.teacher_run.key), None)
+        sources = {s.key for s in teacher_sources(spec)}  # its teacher run, or each member of its ensemble
+        upstream = next((f for f in failed if f["key"] in sources), None)
         try:
             if upstream is not None:
                 raise KdlabError(f"its teacher run {upstream['run_dir']} failed")

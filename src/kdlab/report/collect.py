@@ -208,7 +208,7 @@ def _finished(spec: PlannedRun) -> tuple[dict | None, str | None]:
 def _configured_teacher(run_dir: Path) -> Path | None:
     """The checkpoint a run was distilled from, as its config.yaml names it."""
     teacher = (RunDir(run_dir).read_config() or {}).get("teacher")
-    if not teacher:
+    if not teacher or not isinstance(teacher, str):  # none, or an ensemble (agreement with it is not reported)
         return None
     teacher_path = Path(teacher)
     return teacher_path if teacher_path.suffix == ".safetensors" else RunDir(teacher_path).model

@@ -60,7 +60,7 @@ def run_dir_for(cfg: TrainConfig, identity: dict) -> Path:
 # the display, and the teacher's path and an ensemble's mode and weights (the teachers' weights' hashes are compared,
 # in identity.json, with the mode and weights)
 _NOT_IDENTITY = ("out_dir", "name", "progress", "teacher", "teacher_mode", "teacher_weights", "tracking",
-                 "tracking_uri")
+                 "tracking_uri", "checkpoint_every_s")
 
 
 def check_run_dir(run_dir: Path, cfg: TrainConfig, identity: dict, locked: bool = False) -> dict | None:
@@ -156,8 +156,9 @@ def run_key(cfg: TrainConfig, teacher_key: str | dict | None, data_fingerprint: 
     """Hash of what determines a run's result (its resolved config, its teacher's key, the data and the source of the
     plug-in code it uses): not where it is written, how it is shown, or which device runs it."""
     payload = to_dict(cfg)
-    for volatile in ("out_dir", "name", "progress", "device", "threads", "teacher", "teacher_mode", "teacher_weights",
-                     "imports", "tracking", "tracking_uri"):  # an ensemble's mode and weights: in teacher_key
+    # besides what a run directory's identity leaves out (the teacher and an ensemble's mode and weights are in
+    # teacher_key): the device, the threads and the imports (their code is in plugins) do not key a run
+    for volatile in (*_NOT_IDENTITY, "device", "threads", "imports"):
         payload.pop(volatile)
     identity = {"cfg": payload, "teacher": teacher_key, "data": data_fingerprint}
     if plugins:

@@ -236,7 +236,7 @@ def _write_run_files(cfg: TrainConfig, io: RunIO, splits: Splits, device: torch.
     return EngineOptions(epochs=cfg.epochs, optim=optim, device=device, bf16=bf16,
                          channels_last=cfg.channels_last, compile=cfg.compile,
                          eval_test_every_epoch=cfg.eval_test_every_epoch, model_meta=meta, threads=cfg.threads,
-                         dist=dist, scale=scale)
+                         dist=dist, scale=scale, checkpoint_every_s=cfg.checkpoint_every_s)
 
 
 def _prepare(method, train_loader, splits: Splits, device: torch.device, cfg: TrainConfig,

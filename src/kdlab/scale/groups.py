@@ -19,6 +19,7 @@ import torch
 from kdlab.errors import ConfigError
 from kdlab.expdir import PlannedRun
 from kdlab.experiments.config import ExperimentConfig
+from kdlab.experiments.plan import teacher_sources
 from kdlab.methods.base import Method
 from kdlab.methods.factory import method_class
 from kdlab.runs.live import Live
@@ -51,7 +52,7 @@ def make_groups(plan: list[PlannedRun], exp: ExperimentConfig, live: Live) -> li
     shared: dict[tuple, Group] = {}
     for number, spec in enumerate(plan, 1):
         source = spec.teacher_run
-        needs = {position[id(source)]} if source is not None and not source.given_checkpoint else set()
+        needs = {position[id(s)] for s in teacher_sources(spec) if not s.given_checkpoint}  # an ensemble: each member
         together = None
         if exp.share_teacher_outputs and source is not None and logits_only(spec.config.method.name, live):
             together = (source.key, spec.seed, spec.role, spec.config.dataset.batch_size)
