@@ -179,7 +179,7 @@ def find_symlink(directory: str | Path) -> Path | None:
 
 def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | None = None) -> None:
     """Save tensors as safetensors with ``meta`` (JSON-serializable) under the ``kdlab`` metadata key."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # (loads torch: files.py stays importable without it, for the CLI)
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
     metadata = {METADATA_KEY: json.dumps(meta or {}, sort_keys=True)}
@@ -188,7 +188,7 @@ def save_weights(path: str | Path, state: dict[str, torch.Tensor], meta: dict | 
 
 def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors and kdlab metadata of a safetensors file."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # (loads torch: files.py stays importable without it, for the CLI)
 
     meta = read_metadata(path)
     try:

@@ -28,6 +28,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from kdlab.config import MAX_CONFIG_BYTES, yaml_load
+from kdlab.errors import CheckpointError, ConfigError
+from kdlab.files import find_symlink, sha256_file, write_text
+
 MODEL_FILE = "model.safetensors"
 EXPORT_RESULT = "export.json"
 MARKER_FILE = ".kdlab-run"
@@ -93,7 +99,6 @@ class RunDir:
         recorded = self.read_checksums()
         if recorded is None:
             return [self.checksums]
-        from kdlab.files import sha256_file
 
         bad = []
         for name, digest in sorted(recorded.items()):
@@ -115,7 +120,6 @@ class RunDir:
         what to do."""
         bad = [p for p in self.damaged_files() if only is None or p.name in (Path(only).name, self.checksums.name)]
         if bad:
-            from kdlab.errors import CheckpointError
 
             fix = f"delete {self.path} to train the run again"
             if bad[0] != self.best:  # the students' files are rewritten from the last checkpoint; best.* is not
@@ -141,9 +145,6 @@ class RunDir:
         raise one line naming the file otherwise. A run finished before result.json's sha256 was recorded is
         accepted when it parses, unless ``required``. Call it (after :meth:`check_finished`) before trusting a result.
         """
-        from kdlab.errors import CheckpointError
-        from kdlab.files import sha256_file
-
         fix = f"delete {self.result} and run the same command to rewrite it, or delete {self.path}"
         recorded = self.read_checksums() or {}
         for path in (self.result, self.config):
@@ -180,8 +181,6 @@ class RunDir:
     def check_ours(self) -> None:
         """Refuse (one line) a folder kdlab did not make that holds anything: it is never written, cleaned or
         overwritten. A missing or empty folder (or one holding only kdlab's lock) is fine."""
-        from kdlab.errors import ConfigError
-
         self.check_no_symlinks()
         if not self.path.is_dir() or self.is_kdlab_run():
             return
@@ -191,8 +190,6 @@ class RunDir:
 
     def claim(self) -> None:
         """Make this run directory kdlab's: check it (:meth:`check_ours`), create it and write its marker."""
-        from kdlab.files import write_text
-
         self.check_ours()
         self.path.mkdir(parents=True, exist_ok=True)
         if not self.marker.is_file():
@@ -201,11 +198,8 @@ class RunDir:
     def check_no_symlinks(self) -> None:
         """Refuse (one line) a run directory that is, or holds, a symbolic link: a write through it would land outside
         out_dir (a planted ``checkpoints -> /elsewhere``, or ``config.yaml -> ~/.bashrc``)."""
-        from kdlab.files import find_symlink
-
         link = find_symlink(self.path)
         if link is not None:
-            from kdlab.errors import ConfigError
 
             raise ConfigError(f"{link} is a symbolic link: kdlab writes only real files inside out_dir; remove it, "
                               f"or set name=... / out_dir=... for a new run")
@@ -220,7 +214,6 @@ class RunDir:
         never resumed under another one."""
         config = self.read_config()
         if config is None and self.has_run_files():
-            from kdlab.errors import CheckpointError
 
             raise CheckpointError(f"{self.config} is missing or unreadable but {self.path} holds a run's files, whose "
                                   f"config cannot be proven: restore {self.config.name}, or delete {self.path} to "
@@ -319,9 +312,7 @@ class RunDir:
         """config.yaml as a mapping (read strictly, see :class:`kdlab.config.StrictLoader`), or None."""
         if not self.config.is_file():
             return None
-        import yaml
 
-        from kdlab.config import MAX_CONFIG_BYTES, yaml_load
 
         try:
             if self.config.stat().st_size > MAX_CONFIG_BYTES:

@@ -114,7 +114,7 @@ def wrap(method: nn.Module, dist: Dist, device: torch.device, find_unused: Optio
     """The method in DDP, its frozen teacher ignored (not broadcast, no gradients). ``find_unused`` (default: when
     the method trains more than its student: adapters, heads, a second student) lets DDP finish its all-reduce when
     some trainable parameter gets no gradient in a step."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
+    from torch.nn.parallel import DistributedDataParallel as DDP  # (torch.distributed's machinery: DDP runs only)
 
     teacher = getattr(method, "teacher", None)
     frozen = {id(t) for t in (*teacher.parameters(), *teacher.buffers())} if teacher is not None else set()

@@ -92,7 +92,7 @@ class OtherLoad:
     @staticmethod
     def _read() -> tuple[float, float, float] | None:
         try:
-            import resource
+            import resource  # Unix only (getrusage)
 
             fields = [int(x) for x in open("/proc/stat").readline().split()[1:]]
             own = resource.getrusage(resource.RUSAGE_SELF)
@@ -125,7 +125,7 @@ def machine_threads() -> int:
     env = os.environ.get(THREADS_ENV, "").strip()
     if env.isdigit() and int(env) > 0:
         return int(env)
-    import torch
+    import torch  # host.py itself stays torch-free: the CLI and the fork server read THREADS_ENV before torch loads
 
     return torch.get_num_threads()
 
@@ -178,7 +178,7 @@ class ThreadPolicy:
 
     def apply(self) -> int:
         """Set torch's intra-op threads for the next epoch; returns the number."""
-        import torch
+        import torch  # (host.py stays torch-free until a run applies its threads)
 
         threads = self.choose()
         if self.caller is None:
@@ -190,7 +190,7 @@ class ThreadPolicy:
     def restore(self) -> None:
         """Give the process back the thread count it had before the first :meth:`apply` (a library call leaves
         torch's global setting as it found it)."""
-        import torch
+        import torch  # (host.py stays torch-free until a run applies its threads)
 
         if self.caller is not None and torch.get_num_threads() != self.caller:
             torch.set_num_threads(self.caller)

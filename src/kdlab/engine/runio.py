@@ -81,7 +81,7 @@ class RunIO:
             tracking.epoch(row)
         if self._tensorboard is None:
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # optional package (the tensorboard extra)
             except ImportError:
                 self._tensorboard = False
                 return

@@ -21,6 +21,8 @@ from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import yaml
+
 from kdlab import files
 from kdlab.console import log as kdlab_log
 from kdlab.rundir import RunDir
@@ -95,7 +97,7 @@ class MlflowTracker:
     def open(self, run_name: str, record: Path, tags: dict[str, str], experiment_id: str | None = None) -> bool:
         """Start (or, when ``record`` names one on this server, resume) the MLflow run; write ``record``."""
         try:
-            from mlflow.tracking import MlflowClient
+            from mlflow.tracking import MlflowClient  # optional package (the mlflow extra): tracking on
         except ImportError:
             self.failed = True
             self.log("warning: tracking: mlflow needs the mlflow package (pip install 'kdlab[mlflow]'); the run goes "
@@ -122,7 +124,7 @@ class MlflowTracker:
         return found.experiment_id if found is not None else self.client.create_experiment(name)
 
     def log_params(self, params: dict[str, str]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional package (the mlflow extra)
 
         items = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(items), PARAMS_PER_CALL):
@@ -130,7 +132,7 @@ class MlflowTracker:
                 self.call("log params", self.client.log_batch, self.run_id, params=items[i:i + PARAMS_PER_CALL])
 
     def log_metrics(self, values: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional package (the mlflow extra)
 
         if self.active and values:
             stamp = int(time.time() * 1000)
@@ -217,7 +219,6 @@ def log_experiment(exp_dir: str | Path, uri: str | None, name: str,
         return None
     config = exp_dir / "experiment.yaml"
     if config.is_file():
-        import yaml
 
         tracker.log_params(flatten(yaml.safe_load(config.read_text()) or {}))
     for child in children:

@@ -29,10 +29,11 @@ from kdlab.engine.host import ThreadPolicy, tune_cpu_allocator
 from kdlab.engine.interface import TrainableMethod
 from kdlab.engine.optim import PerLossMomentumSGD, build_optimizer, build_scheduler
 from kdlab.engine.progress import clock
-from kdlab.engine.resume import CHECKPOINT_EVERY_S, CheckpointClock, EpochProgress, epoch_batches, rng_state, \
-    set_rng_state
+from kdlab.engine.resume import (CHECKPOINT_EVERY_S, CheckpointClock, EpochProgress, epoch_batches, rng_state,
+                                 set_rng_state)
 from kdlab.engine.runio import RunIO
 from kdlab.errors import ConfigError, DivergenceError
+from kdlab.files import load_weights
 
 # (epoch, batch_index, batch) -> the teacher's logits for exactly these views, or None to let the method run the teacher
 TeacherCache = Callable[[int, int, Batch], Optional[Tensor]]
@@ -290,8 +291,6 @@ class Trainer:
 
     def _evaluate_selected(self) -> dict:
         """Test metrics of the val-selected weights, when the test split was not evaluated at every epoch."""
-        from kdlab.files import load_weights
-
         student = self.method.students()["student"]
         current = {k: v.clone() for k, v in student.state_dict().items()}
         distributed.barrier(self.opt.dist)  # rank 0 wrote best.safetensors

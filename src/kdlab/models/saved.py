@@ -17,6 +17,7 @@ import kdlab
 from kdlab.errors import CheckpointError
 from kdlab.files import load_weights
 from kdlab.models.registry import EXTERNAL_PREFIXES, create_model
+from kdlab.plugins import check_trusted, import_modules, module_names
 from kdlab.rundir import weights_file
 
 # Dataset settings a saved model needs to be evaluated as it was trained (no augmentation, no subsets of train).
@@ -82,8 +83,6 @@ def check_meta(meta: object, path: Path | str = "checkpoint") -> dict:
 def required_imports(meta: dict) -> list[str]:
     """The modules rebuilding the model ``meta`` describes would import: its recorded ``imports`` and the module of a
     ``module:Name`` architecture (registered names and ``torchvision:``/``timm:`` import none of the user's code)."""
-    from kdlab.plugins import module_names
-
     return list(dict.fromkeys([*(meta.get("imports") or []), *module_names([str(meta.get("model") or "")])]))
 
 
@@ -91,8 +90,6 @@ def check_trusted_meta(meta: dict, path: Path | str, allowed_imports: Iterable[s
                        trust_code: bool = False) -> None:
     """Refuse (one line, naming the option to add) a file whose metadata would import code the user did not name for
     this command (:func:`kdlab.plugins.check_trusted`), or set a library model's file-loading arguments."""
-    from kdlab.plugins import check_trusted
-
     check_meta(meta, path)
     check_trusted(required_imports(meta), allowed_imports, trust_code, f"{path} (its model metadata)")
     if meta["model"].startswith(EXTERNAL_PREFIXES) and not trust_code:
@@ -107,8 +104,6 @@ def build_from_meta(meta: dict, path: Path | str = "checkpoint", allowed_imports
     """A freshly initialized model of the architecture ``meta`` describes. Its plug-in modules are imported only when
     the user allowed them (``allowed_imports``: the command's ``--import`` / ``imports:``; or ``trust_code``):
     a file's metadata alone can name registered models only, so loading a file never runs code."""
-    from kdlab.plugins import import_modules
-
     check_trusted_meta(meta, path, allowed_imports, trust_code)
     import_modules(required_imports(meta))
     return create_model(meta["model"], num_classes=meta["num_classes"], in_channels=meta["in_channels"],

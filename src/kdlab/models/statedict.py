@@ -42,7 +42,7 @@ def _unknown_format(path: Path) -> CheckpointError:
 def _load_raw(path: Path) -> object:
     suffix = path.suffix.lower()
     if suffix in SAFETENSORS_SUFFIXES:
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # (only for a .safetensors file)
 
         try:
             return load_file(str(path), device="cpu")
@@ -109,7 +109,7 @@ def save_state_dict(state: nn.Module | Mapping[str, Tensor], path: str | os.Path
     path = Path(path)
     tensors = state.state_dict() if isinstance(state, nn.Module) else dict(state)
     if path.suffix.lower() in SAFETENSORS_SUFFIXES:
-        from safetensors.torch import save_file
+        from safetensors.torch import save_file  # (only for a .safetensors file)
 
         # safetensors refuses views and shared storage; detached contiguous copies are always accepted.
         save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
