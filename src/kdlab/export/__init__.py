@@ -1,8 +1,8 @@
 """Ship a student: export it (ONNX, TorchScript, ExportedProgram), verify the file, quantize it, write a model card.
 
     import kdlab.export
-    result = kdlab.export("runs/cnn_small-ce-fashion_mnist-s0", format="onnx", int8=True)
-    # kdlab export runs/cnn_small-ce-fashion_mnist-s0 --format onnx --int8
+    result = kdlab.export("runs/my-student", format="onnx", int8=True)
+    # kdlab export runs/my-student --format onnx --int8
 
 ``kdlab.export`` is this package and is callable: ``kdlab.export(...)`` is :func:`export`.
 
