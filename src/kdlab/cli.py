@@ -1,8 +1,8 @@
 """``kdlab``: train, distill, evaluate, list, run experiments and report — a thin layer over the Python API.
 
     kdlab train model=resnet20 dataset=fashion_mnist epochs=1
-    kdlab distill teacher=runs/resnet56-ce-fashion_mnist-s0 student=resnet8 method=kd method.T=4
-    kdlab eval runs/resnet20-ce-fashion_mnist-s0
+    kdlab distill teacher=runs/teacher student=resnet8 method=kd method.T=4   # a run trained with name=teacher
+    kdlab eval runs/teacher
     kdlab list models 'resnet*'
     kdlab run [EXPERIMENT.yaml] [key=value ...]
     kdlab report experiments/fmnist-demo
