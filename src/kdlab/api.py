@@ -28,7 +28,7 @@ from kdlab.console import ensure_logging, log
 from kdlab.data import load_splits
 from kdlab.data.custom import data_parts
 from kdlab.errors import ConfigError
-from kdlab.files import load_weights, read_metadata
+from kdlab.files import read_metadata
 from kdlab.models import create_model
 from kdlab.models.saved import check_trusted_meta, required_imports, resolve_checkpoint
 from kdlab.models.weights import load_pretrained
@@ -139,7 +139,7 @@ def _trusted_imports(path: str | Path, imports: list[str], trust_code: bool) -> 
 def _checkpoint_entry(path: str | Path) -> dict:
     """Start from a kdlab checkpoint: its architecture, initialized from its weights."""
     weights = resolve_checkpoint(path)
-    _, meta = load_weights(weights)
+    meta = read_metadata(weights)  # the metadata only: the weights load later, as the model's initialization
     if "model" not in meta:
         raise ConfigError(f"{weights} is not a kdlab checkpoint; pass model={{'name': ..., 'pretrained': '{weights}'}}")
     return {"name": meta["model"], "pretrained": str(weights), **meta.get("model_kwargs", {})}
